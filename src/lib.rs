@@ -1,0 +1,13 @@
+//! rear: a decoding engine for REAR (REAlignment Reward) test-time preference realignment.
+//!
+//! Two contexts of one model (the prompt with the preference and without it) are decoded side
+//! by side; each candidate token is scored `λ·log π(v|x,p) + (1−λ)·log π(v|x)` and that score
+//! drives guided greedy, sampling, beam search, best-of-N and chunk-level tree search.
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod rear;
+
+pub use error::{Error, Result};

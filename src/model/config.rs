@@ -1,0 +1,439 @@
+//! One typed model configuration, read from a Hugging Face `config.json` (transformers 4.x and
+//! 5.x spellings) or built by the GGUF loader. Unsupported architectures and options are errors
+//! that name the field and value.
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// The decoder families the engine runs. They share one forward pass and differ in biases,
+/// q/k normalisation and sliding windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// RoPE frequency scaling (HF `rope_type`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias.
+    pub qkv_bias: bool,
+    /// o projection carries a bias.
+    pub o_bias: bool,
+    /// gate/up/down projections carry a bias.
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding attention window per layer (keys with `q_pos - k_pos < window`), `None` = full.
+    pub sliding_window: Vec<Option<usize>>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+fn req_usize(v: &Value, key: &str) -> Result<usize> {
+    let x = field(v, key).ok_or_else(|| Error::Config(format!("missing field `{key}`")))?;
+    x.as_u64()
+        .filter(|&n| n > 0)
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::Config(format!("field `{key}` must be a positive integer, got {x}")))
+}
+
+fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>> {
+    match field(v, key) {
+        None => Ok(None),
+        Some(_) => req_usize(v, key).map(Some),
+    }
+}
+
+fn opt_f64(v: &Value, key: &str) -> Result<Option<f64>> {
+    match field(v, key) {
+        None => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| Error::Config(format!("field `{key}` must be a number, got {x}"))),
+    }
+}
+
+fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>> {
+    match field(v, key) {
+        None => Ok(None),
+        Some(x) => x
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| Error::Config(format!("field `{key}` must be true or false, got {x}"))),
+    }
+}
+
+/// Token ids given as an int or a list of ints (HF allows both for `eos_token_id`).
+pub fn token_id_list(v: &Value, key: &str) -> Result<Vec<u32>> {
+    let bad = || {
+        Error::Config(format!(
+            "field `{key}` must be a token id or a list of token ids"
+        ))
+    };
+    match field(v, key) {
+        None => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(bad))
+            .collect(),
+        Some(x) => x.as_u64().map(|n| vec![n as u32]).ok_or_else(bad),
+    }
+}
+
+impl ModelConfig {
+    /// Reads `config.json` from `dir` and, when present, EOS ids from `generation_config.json`.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", path.display())))?;
+        let mut cfg = Self::from_json(&v)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip(e))))?;
+        let gen_path = dir.join("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&gen_path) {
+            let g: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::Config(format!("{}: malformed JSON: {e}", gen_path.display()))
+            })?;
+            let eos = token_id_list(&g, "eos_token_id")
+                .map_err(|e| Error::Config(format!("{}: {}", gen_path.display(), strip(e))))?;
+            for id in eos {
+                if !cfg.eos_token_ids.contains(&id) {
+                    cfg.eos_token_ids.push(id);
+                }
+            }
+            if cfg.bos_token_id.is_none() {
+                cfg.bos_token_id = token_id_list(&g, "bos_token_id")?.first().copied();
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses a config.json value.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let arch_name = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(str::to_owned)
+            .or_else(|| {
+                field(v, "model_type")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| Error::Config("missing field `architectures`".into()))?;
+        let arch = match arch_name.as_str() {
+            "LlamaForCausalLM" | "llama" => Arch::Llama,
+            "MistralForCausalLM" | "mistral" => Arch::Mistral,
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            other => {
+                return Err(Error::Config(format!(
+                    "unsupported architecture `{other}` (supported: LlamaForCausalLM, \
+                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
+                )))
+            }
+        };
+        if let Some(act) = field(v, "hidden_act").or_else(|| field(v, "hidden_activation")) {
+            if act.as_str() != Some("silu") {
+                return Err(Error::Config(format!(
+                    "unsupported `hidden_act` {act} (only \"silu\")"
+                )));
+            }
+        }
+        let hidden_size = req_usize(v, "hidden_size")?;
+        let num_heads = req_usize(v, "num_attention_heads")?;
+        let num_kv_heads = opt_usize(v, "num_key_value_heads")?.unwrap_or(num_heads);
+        if num_heads % num_kv_heads != 0 {
+            return Err(Error::Config(format!(
+                "`num_attention_heads` {num_heads} is not a multiple of `num_key_value_heads` {num_kv_heads}"
+            )));
+        }
+        let head_dim = match opt_usize(v, "head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(Error::Config(format!(
+                        "`hidden_size` {hidden_size} is not a multiple of `num_attention_heads` {num_heads}"
+                    )));
+                }
+                hidden_size / num_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(Error::Config(format!(
+                "`head_dim` {head_dim} must be even for RoPE"
+            )));
+        }
+        let num_layers = req_usize(v, "num_hidden_layers")?;
+        let (rope_theta, rope_scaling) = parse_rope(v)?;
+        let attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
+        let (qkv_bias, o_bias) = match arch {
+            Arch::Qwen2 => (true, false),
+            Arch::Mistral => (false, false),
+            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
+        };
+        let mlp_bias = arch == Arch::Llama && opt_bool(v, "mlp_bias")?.unwrap_or(false);
+        let sliding_window = parse_sliding(v, arch, num_layers)?;
+        let max_pos = opt_usize(v, "max_position_embeddings")?.unwrap_or(2048);
+        let tie = opt_bool(v, "tie_word_embeddings")?.unwrap_or(false);
+        let eps = opt_f64(v, "rms_norm_eps")?.unwrap_or(1e-6);
+        Ok(ModelConfig {
+            arch,
+            vocab_size: req_usize(v, "vocab_size")?,
+            hidden_size,
+            intermediate_size: req_usize(v, "intermediate_size")?,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: eps as f32,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: max_pos,
+            tie_word_embeddings: tie,
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            qk_norm: arch == Arch::Qwen3,
+            sliding_window,
+            bos_token_id: token_id_list(v, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_id_list(v, "eos_token_id")?,
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// RoPE inverse frequencies (`head_dim / 2` of them), as HF computes them, in f32.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| {
+                let e = (2 * i) as f32 / d as f32;
+                1.0 / (self.rope_theta as f32 as f64).powf(e as f64)
+            })
+            .collect();
+        let scaled: Vec<f64> = match &self.rope_scaling {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        };
+        scaled.into_iter().map(|f| f as f32).collect()
+    }
+}
+
+fn strip(e: Error) -> String {
+    match e {
+        Error::Config(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// RoPE base and scaling from either `rope_parameters` (transformers 5) or the older
+/// `rope_theta` + `rope_scaling` pair.
+fn parse_rope(v: &Value) -> Result<(f64, RopeScaling)> {
+    let params = field(v, "rope_parameters").or_else(|| field(v, "rope_scaling"));
+    let theta = match params
+        .map(|p| opt_f64(p, "rope_theta"))
+        .transpose()?
+        .flatten()
+    {
+        Some(t) => t,
+        None => opt_f64(v, "rope_theta")?.unwrap_or(10000.0),
+    };
+    let Some(p) = params else {
+        return Ok((theta, RopeScaling::Default));
+    };
+    if !p.is_object() {
+        return Err(Error::Config(format!(
+            "`rope_scaling` must be an object, got {p}"
+        )));
+    }
+    let kind = field(p, "rope_type")
+        .or_else(|| field(p, "type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let need = |key: &str| -> Result<f64> {
+        opt_f64(p, key)?.ok_or_else(|| Error::Config(format!("rope type `{kind}` needs `{key}`")))
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: need("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(Error::Config(format!(
+                "unsupported rope type `{other}` (supported: default, linear, llama3)"
+            )))
+        }
+    };
+    if let RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } = &scaling {
+        if !(*factor > 0.0) {
+            return Err(Error::Config(format!(
+                "rope `factor` must be positive, got {factor}"
+            )));
+        }
+    }
+    Ok((theta, scaling))
+}
+
+fn parse_sliding(v: &Value, arch: Arch, num_layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = opt_usize(v, "sliding_window")?;
+    let full = vec![None; num_layers];
+    match arch {
+        Arch::Llama => Ok(full),
+        Arch::Mistral => Ok(vec![window; num_layers]),
+        Arch::Qwen2 | Arch::Qwen3 => {
+            if let Some(types) = field(v, "layer_types").and_then(|t| t.as_array()) {
+                if types.len() != num_layers {
+                    return Err(Error::Config(format!(
+                        "`layer_types` has {} entries for {num_layers} layers",
+                        types.len()
+                    )));
+                }
+                return types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(None),
+                        Some("sliding_attention") => window.map(Some).ok_or_else(|| {
+                            Error::Config("sliding_attention layer without `sliding_window`".into())
+                        }),
+                        _ => Err(Error::Config(format!("unsupported layer type {t}"))),
+                    })
+                    .collect();
+            }
+            if opt_bool(v, "use_sliding_window")?.unwrap_or(false) {
+                let from = opt_usize(v, "max_window_layers")?.unwrap_or(num_layers);
+                return Ok((0..num_layers)
+                    .map(|l| if l >= from { window } else { None })
+                    .collect());
+            }
+            Ok(full)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,
+               "num_attention_heads":4,"num_key_value_heads":2,"num_hidden_layers":2,"vocab_size":100})
+    }
+
+    #[test]
+    fn reads_both_rope_spellings() {
+        let mut a = base();
+        a["rope_parameters"] = json!({"rope_type":"linear","factor":2.0,"rope_theta":500.0});
+        let c = ModelConfig::from_json(&a).unwrap();
+        assert_eq!(c.rope_theta, 500.0);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let mut b = base();
+        b["rope_theta"] = json!(700.0);
+        b["rope_scaling"] = json!({"type":"linear","factor":4.0});
+        let c = ModelConfig::from_json(&b).unwrap();
+        assert_eq!(c.rope_theta, 700.0);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 4.0 });
+        assert_eq!(c.head_dim, 16);
+    }
+
+    #[test]
+    fn rejects_unknown_things_by_name() {
+        let mut a = base();
+        a["architectures"] = json!(["GPT2LMHeadModel"]);
+        let e = ModelConfig::from_json(&a).unwrap_err().to_string();
+        assert!(e.contains("GPT2LMHeadModel"), "{e}");
+        let mut b = base();
+        b["rope_scaling"] = json!({"rope_type":"yarn","factor":4.0});
+        let e = ModelConfig::from_json(&b).unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
+        let mut c = base();
+        c["num_key_value_heads"] = json!(3);
+        assert!(ModelConfig::from_json(&c).is_err());
+    }
+
+    #[test]
+    fn llama3_rope_keeps_high_and_divides_low_frequencies() {
+        let mut a = base();
+        a["rope_parameters"] = json!({"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":32,"rope_theta":500000.0});
+        let c = ModelConfig::from_json(&a).unwrap();
+        let mut d = base();
+        d["rope_theta"] = json!(500000.0);
+        let plain = ModelConfig::from_json(&d).unwrap().rope_inv_freq();
+        let scaled = c.rope_inv_freq();
+        assert_eq!(scaled[0], plain[0]);
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
+    }
+}

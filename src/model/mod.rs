@@ -1,0 +1,50 @@
+//! Everything about a model on disk: config, weights (safetensors or GGUF), tokenizer and chat
+//! template, gathered by `Model::load`.
+pub mod config;
+pub mod tensor;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use config::ModelConfig;
+use std::path::{Path, PathBuf};
+use weights::ModelWeights;
+
+/// A model as found on disk: config, weights as stored, and (when present) its tokenizer and
+/// chat template.
+pub struct Model {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+}
+
+impl Model {
+    /// Loads a Hugging Face model directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Input(format!(
+                "model path {} does not exist",
+                path.display()
+            )));
+        }
+        if !path.is_dir() {
+            return Err(Error::Input(format!(
+                "model path {} is not a directory",
+                path.display()
+            )));
+        }
+        let config = ModelConfig::from_model_dir(path)?;
+        let tensors = weights::load_dir_tensors(path)?;
+        let weights = ModelWeights::from_tensors(&config, tensors).map_err(|e| {
+            Error::Weights(format!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim_start_matches("weights: ")
+            ))
+        })?;
+        Ok(Model {
+            path: path.to_owned(),
+            config,
+            weights,
+        })
+    }
+}
