@@ -1,7 +1,9 @@
 //! Everything about a model on disk: config, weights (safetensors or GGUF), tokenizer and chat
 //! template, gathered by `Model::load`.
+pub mod chat;
 pub mod config;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 use crate::error::{Error, Result};
@@ -15,6 +17,8 @@ pub struct Model {
     pub path: PathBuf,
     pub config: ModelConfig,
     pub weights: ModelWeights,
+    pub tokenizer: Option<tokenizer::TextTokenizer>,
+    pub template: Option<chat::ChatTemplate>,
 }
 
 impl Model {
@@ -34,17 +38,12 @@ impl Model {
         }
         let config = ModelConfig::from_model_dir(path)?;
         let tensors = weights::load_dir_tensors(path)?;
-        let weights = ModelWeights::from_tensors(&config, tensors).map_err(|e| {
-            Error::Weights(format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim_start_matches("weights: ")
-            ))
+        let weights = ModelWeights::from_tensors(&config, tensors).map_err(|e| match e {
+            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
+            other => other,
         })?;
-        Ok(Model {
-            path: path.to_owned(),
-            config,
-            weights,
-        })
+        let tokenizer = tokenizer::TextTokenizer::from_model_dir(path)?;
+        let template = chat::ChatTemplate::from_model_dir(path)?;
+        Ok(Model { path: path.to_owned(), config, weights, tokenizer, template })
     }
 }

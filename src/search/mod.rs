@@ -1,0 +1,388 @@
+//! Test-time-scaling algorithms over the engine's `StepApi` (DESIGN §2). Every algorithm is a
+//! resumable state machine (`Search`): it says which sequences to extend by which tokens, gets
+//! the log-prob rows back, and decides. The driver (`run`) batches the wants of many searches,
+//! of many requests, into one forward pass per step.
+//!
+//! A hypothesis (`Hyp`) is one response decoded under every context of its request in lockstep:
+//! one cache sequence per context, the same response tokens appended to all of them.
+pub mod beam;
+pub mod chunk;
+pub mod independent;
+pub mod sampler;
+
+use crate::engine::{Extend, SeqId, StepApi};
+use crate::error::{Error, Result};
+use crate::rear::{log_softmax_rows, Mixture};
+pub use sampler::SampleParams;
+
+/// The algorithms of DESIGN §2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algo {
+    Greedy,
+    Sample,
+    Beam,
+    Bon,
+    Chunk,
+}
+
+impl std::str::FromStr for Algo {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "greedy" => Algo::Greedy,
+            "sample" => Algo::Sample,
+            "beam" => Algo::Beam,
+            "bon" => Algo::Bon,
+            "chunk" => Algo::Chunk,
+            other => {
+                return Err(Error::Input(format!(
+                    "unknown algorithm `{other}` (greedy, sample, beam, bon, chunk)"
+                )))
+            }
+        })
+    }
+}
+
+/// Why a candidate stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Eos,
+    Length,
+}
+
+/// Parameters of one search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchParams {
+    pub algo: Algo,
+    /// Beams kept by `beam` and `chunk`.
+    pub beams: usize,
+    /// Sequences returned by `sample`, candidates of `bon`, continuations per beam of `chunk`.
+    pub n: usize,
+    /// Maximum tokens of one `chunk` step.
+    pub chunk_tokens: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SampleParams,
+    pub seed: u64,
+    /// Keep generating after EOS.
+    pub ignore_eos: bool,
+    /// Rank finished candidates by `S / num_tokens` instead of `S`.
+    pub length_norm: bool,
+    pub eos_token_ids: Vec<u32>,
+    /// Tokens that end a `chunk` step early (e.g. those whose text holds a newline).
+    pub chunk_delimiters: Vec<u32>,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams {
+            algo: Algo::Greedy,
+            beams: 4,
+            n: 1,
+            chunk_tokens: 16,
+            max_new_tokens: 128,
+            sampling: SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+            seed: 0,
+            ignore_eos: false,
+            length_norm: false,
+            eos_token_ids: Vec::new(),
+            chunk_delimiters: Vec::new(),
+        }
+    }
+}
+
+impl SearchParams {
+    /// Checks the parameters; errors name the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(m));
+        if self.max_new_tokens == 0 {
+            return bad("--max-new-tokens must be at least 1".into());
+        }
+        if matches!(self.algo, Algo::Beam | Algo::Chunk) && self.beams == 0 {
+            return bad("--beams must be at least 1".into());
+        }
+        if self.n == 0 {
+            return bad("--n must be at least 1".into());
+        }
+        if self.algo == Algo::Chunk && self.chunk_tokens == 0 {
+            return bad("--chunk-tokens must be at least 1".into());
+        }
+        let t = self.sampling.temperature;
+        if !(t >= 0.0) || !t.is_finite() {
+            return bad(format!("--temperature must be ≥ 0, got {t}"));
+        }
+        let p = self.sampling.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return bad(format!("--top-p must be in (0, 1], got {p}"));
+        }
+        Ok(())
+    }
+
+    /// Ranking key of a candidate: `S`, or `S / num_tokens` with `--length-norm`.
+    pub fn rank_key(&self, h: &Hyp) -> f32 {
+        if self.length_norm && !h.tokens.is_empty() {
+            h.score / h.tokens.len() as f32
+        } else {
+            h.score
+        }
+    }
+
+    fn is_eos(&self, t: u32) -> bool {
+        !self.ignore_eos && self.eos_token_ids.contains(&t)
+    }
+}
+
+/// One returned response with its scores (DESIGN §4 fields, plus token-level detail).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Candidate {
+    pub token_ids: Vec<u32>,
+    /// `S(y) = Σ_t s_t(y_t)`.
+    pub score: f32,
+    /// `Σ_t log π(y_t | ctx_k, y<t)` for each context, in request order.
+    pub logprob_contexts: Vec<f32>,
+    /// Per-token log-probs: `[context][t]`.
+    pub token_logprobs: Vec<Vec<f32>>,
+    /// Per-token scores `s_t(y_t)`.
+    pub token_scores: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// A response in progress under every context of its request.
+#[derive(Clone, Debug)]
+pub struct Hyp {
+    /// One cache sequence per context (empty once finished).
+    pub seqs: Vec<SeqId>,
+    pub tokens: Vec<u32>,
+    /// The last token of `tokens` is chosen but not yet appended to `seqs`.
+    pub pending: bool,
+    pub token_lps: Vec<Vec<f32>>,
+    pub token_scores: Vec<f32>,
+    pub ctx_sums: Vec<f32>,
+    pub score: f32,
+    pub finish: Option<FinishReason>,
+    /// Random stream of this hypothesis (sampling algorithms).
+    pub stream: u64,
+    /// Tokens added in the current chunk (`chunk`).
+    pub chunk_len: usize,
+}
+
+impl Hyp {
+    fn root(seqs: Vec<SeqId>) -> Self {
+        let k = seqs.len();
+        Hyp {
+            seqs,
+            tokens: Vec::new(),
+            pending: false,
+            token_lps: vec![Vec::new(); k],
+            token_scores: Vec::new(),
+            ctx_sums: vec![0.0; k],
+            score: 0.0,
+            finish: None,
+            stream: 0,
+            chunk_len: 0,
+        }
+    }
+
+    /// A copy whose sequences share this one's cache blocks.
+    pub fn fork(&self, api: &mut dyn StepApi) -> Hyp {
+        let mut h = self.clone();
+        h.seqs = self.seqs.iter().map(|&s| api.fork(s)).collect();
+        h
+    }
+
+    pub fn release(&mut self, api: &mut dyn StepApi) {
+        for s in self.seqs.drain(..) {
+            api.free(s);
+        }
+    }
+
+    /// Appends `token` (scored from the context rows `rows[k]`), finishing on EOS or length.
+    pub fn push(&mut self, token: u32, rows: &[&[f32]], mix: &Mixture, p: &SearchParams, api: &mut dyn StepApi) {
+        let mut lps = [0f32; 16];
+        let mut big = Vec::new();
+        let lps: &mut [f32] = if rows.len() <= 16 {
+            &mut lps[..rows.len()]
+        } else {
+            big.resize(rows.len(), 0.0);
+            &mut big
+        };
+        for (k, r) in rows.iter().enumerate() {
+            lps[k] = r[token as usize];
+            self.token_lps[k].push(lps[k]);
+            self.ctx_sums[k] += lps[k];
+        }
+        let s = mix.token_score(lps);
+        self.token_scores.push(s);
+        self.score += s;
+        self.tokens.push(token);
+        self.chunk_len += 1;
+        self.pending = true;
+        if p.is_eos(token) {
+            self.finish = Some(FinishReason::Eos);
+        } else if self.tokens.len() >= p.max_new_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() {
+            self.pending = false;
+            self.release(api);
+        }
+    }
+
+    pub fn into_candidate(self) -> Candidate {
+        Candidate {
+            token_ids: self.tokens,
+            score: self.score,
+            logprob_contexts: self.ctx_sums,
+            token_logprobs: self.token_lps,
+            token_scores: self.token_scores,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+        }
+    }
+}
+
+/// What a search wants appended in the next pass: `tokens` to `seq`.
+#[derive(Clone, Debug)]
+pub struct Want {
+    pub seq: SeqId,
+    pub tokens: Vec<u32>,
+}
+
+/// A resumable search.
+pub trait Search {
+    /// Pushes this search's extensions for the next pass (one log-prob row comes back for each).
+    fn want(&mut self, out: &mut Vec<Want>);
+    /// The log-prob rows of this search's wants, in order; decides the next tokens.
+    fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()>;
+    fn is_done(&self) -> bool;
+    /// Candidates best first; frees every sequence still held.
+    fn finish(&mut self, api: &mut dyn StepApi) -> Vec<Candidate>;
+}
+
+/// The contexts of a request (prompt token ids, in mixture order) and how they combine.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    pub contexts: Vec<Vec<u32>>,
+    pub mixture: Mixture,
+}
+
+/// Starts the search `p.algo` for `prompt`.
+pub fn start(api: &mut dyn StepApi, prompt: &Prompt, p: &SearchParams) -> Result<Box<dyn Search>> {
+    p.validate()?;
+    if prompt.contexts.len() != prompt.mixture.contexts() {
+        return Err(Error::Input(format!(
+            "{} contexts given for a score over {}",
+            prompt.contexts.len(),
+            prompt.mixture.contexts()
+        )));
+    }
+    let max_pos = api.config().max_position_embeddings;
+    for c in &prompt.contexts {
+        if c.is_empty() {
+            return Err(Error::Input("empty prompt: a context has no tokens".into()));
+        }
+        if c.len() + p.max_new_tokens > max_pos {
+            return Err(Error::Input(format!(
+                "prompt of {} tokens plus --max-new-tokens {} exceeds max_position_embeddings {max_pos}",
+                c.len(),
+                p.max_new_tokens
+            )));
+        }
+        let vocab = api.config().vocab_size;
+        if let Some(&t) = c.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!("prompt token id {t} is outside the vocabulary (size {vocab})")));
+        }
+    }
+    let seqs: Vec<SeqId> = prompt.contexts.iter().map(|_| api.new_seq()).collect();
+    let root = Hyp::root(seqs);
+    let prefill = Prefill { tokens: prompt.contexts.clone() };
+    Ok(match p.algo {
+        Algo::Greedy | Algo::Sample | Algo::Bon => {
+            Box::new(independent::Independent::new(root, prefill, prompt.mixture.clone(), p.clone()))
+        }
+        Algo::Beam => Box::new(beam::Beam::new(root, prefill, prompt.mixture.clone(), p.clone())),
+        Algo::Chunk => Box::new(chunk::Chunk::new(root, prefill, prompt.mixture.clone(), p.clone())),
+    })
+}
+
+/// The prompt tokens still to be prefilled into a root hypothesis.
+#[derive(Clone, Debug)]
+pub struct Prefill {
+    pub tokens: Vec<Vec<u32>>,
+}
+
+/// Wants of hypotheses with a pending token: one per context sequence.
+pub(crate) fn pending_wants<'a>(hyps: impl Iterator<Item = &'a Hyp>, out: &mut Vec<Want>) {
+    for h in hyps.filter(|h| h.pending && h.finish.is_none()) {
+        let t = *h.tokens.last().unwrap();
+        for &s in &h.seqs {
+            out.push(Want { seq: s, tokens: vec![t] });
+        }
+    }
+}
+
+pub(crate) fn prefill_wants(root: &Hyp, prefill: &Prefill, out: &mut Vec<Want>) {
+    for (s, t) in root.seqs.iter().zip(&prefill.tokens) {
+        out.push(Want { seq: *s, tokens: t.clone() });
+    }
+}
+
+/// Sorts candidates best first (by rank key, ties by token ids for a stable order).
+pub(crate) fn sort_best_first(hyps: &mut [Hyp], p: &SearchParams) {
+    hyps.sort_by(|a, b| p.rank_key(b).total_cmp(&p.rank_key(a)).then_with(|| a.tokens.cmp(&b.tokens)));
+}
+
+/// Runs every search to completion, batching all their wants into one forward pass per step.
+/// Returns each search's candidates, best first, in the searches' order.
+pub fn run(api: &mut dyn StepApi, searches: &mut [Box<dyn Search>]) -> Result<Vec<Vec<Candidate>>> {
+    let mut out = vec![Vec::new(); searches.len()];
+    let r = drive(api, searches, &mut |i, c| out[i] = c);
+    if r.is_err() {
+        // Free whatever the failed run still holds.
+        for s in searches.iter_mut() {
+            s.finish(api);
+        }
+    }
+    r.map(|_| out)
+}
+
+/// Steps the searches until all are done, calling `on_done(i, candidates)` as each finishes
+/// (its sequences are freed then). Searches that finish early are not stepped again.
+pub fn drive(
+    api: &mut dyn StepApi,
+    searches: &mut [Box<dyn Search>],
+    on_done: &mut dyn FnMut(usize, Vec<Candidate>),
+) -> Result<()> {
+    let vocab = api.config().vocab_size;
+    let mut reported = vec![false; searches.len()];
+    let mut wants = Vec::new();
+    let mut spans = Vec::new();
+    let mut logits = Vec::new();
+    loop {
+        wants.clear();
+        spans.clear();
+        for (i, s) in searches.iter_mut().enumerate() {
+            if s.is_done() {
+                if !reported[i] {
+                    reported[i] = true;
+                    on_done(i, s.finish(api));
+                }
+                continue;
+            }
+            let start = wants.len();
+            s.want(&mut wants);
+            spans.push((i, start, wants.len()));
+        }
+        if wants.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Extend<'_>> =
+            wants.iter().map(|w| Extend { seq: w.seq, tokens: &w.tokens, all_logits: false }).collect();
+        api.extend(&items, &mut logits)?;
+        log_softmax_rows(&mut logits, vocab);
+        let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+        for &(i, a, b) in &spans {
+            searches[i].got(api, &rows[a..b])?;
+        }
+    }
+}
