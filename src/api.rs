@@ -37,7 +37,9 @@ impl std::str::FromStr for Device {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
-            other => Err(Error::Input(format!("unknown --device `{other}` (auto, cpu, cuda)"))),
+            other => Err(Error::Input(format!(
+                "unknown --device `{other}` (auto, cpu, cuda)"
+            ))),
         }
     }
 }
@@ -74,9 +76,15 @@ impl Rear {
         let model = Model::load(path)?;
         let device = opts.device.unwrap_or(Device::Auto);
         let (engine, device_notice): (Box<dyn StepApi + Send>, Option<String>) = match device {
-            Device::Cpu | Device::Auto => {
-                (Box::new(Engine::new(CpuBackend, &model.config, &model.weights, &opts.engine)?), None)
-            }
+            Device::Cpu | Device::Auto => (
+                Box::new(Engine::new(
+                    CpuBackend,
+                    &model.config,
+                    &model.weights,
+                    &opts.engine,
+                )?),
+                None,
+            ),
             Device::Cuda => {
                 return Err(Error::Cuda(
                     "this build has no CUDA backend; use --device cpu".into(),
@@ -107,7 +115,10 @@ impl Rear {
 
     /// Search parameters with this model's EOS ids and chunk delimiters filled in.
     pub fn default_params(&self) -> SearchParams {
-        let mut p = SearchParams { eos_token_ids: self.config().eos_token_ids.clone(), ..SearchParams::default() };
+        let mut p = SearchParams {
+            eos_token_ids: self.config().eos_token_ids.clone(),
+            ..SearchParams::default()
+        };
         if let Some(tok) = &self.tokenizer {
             p.chunk_delimiters = (0..tok.vocab_size() as u32)
                 .filter(|&t| tok.decode(&[t], false).is_ok_and(|s| s.contains('\n')))
@@ -144,7 +155,9 @@ impl Rear {
         let mixture = match base {
             Some((_, ids)) => {
                 contexts.push(ids);
-                Mixture::Guided { lambdas: lambdas.to_vec() }
+                Mixture::Guided {
+                    lambdas: lambdas.to_vec(),
+                }
             }
             None => Mixture::Single,
         };
@@ -177,7 +190,9 @@ impl Rear {
                 Err(e) => on_done(i, Err(e)),
             }
         }
-        search::drive(&mut *self.engine, &mut searches, &mut |j, c| on_done(index[j], Ok(c)))
+        search::drive(&mut *self.engine, &mut searches, &mut |j, c| {
+            on_done(index[j], Ok(c))
+        })
     }
 
     /// Log-probs of `response` after each context of `prompt`, and its score — the same numbers
@@ -189,7 +204,10 @@ impl Rear {
         let cfg = self.engine.config().clone();
         let k = prompt.mixture.contexts();
         if prompt.contexts.len() != k {
-            return Err(Error::Input(format!("{} contexts for a score over {k}", prompt.contexts.len())));
+            return Err(Error::Input(format!(
+                "{} contexts for a score over {k}",
+                prompt.contexts.len()
+            )));
         }
         let full: Vec<Vec<u32>> = prompt
             .contexts
@@ -211,8 +229,15 @@ impl Rear {
             .collect::<Result<_>>()?;
         let eng = &mut *self.engine;
         let seqs: Vec<_> = full.iter().map(|_| eng.new_seq()).collect();
-        let items: Vec<Extend<'_>> =
-            seqs.iter().zip(&full).map(|(&seq, t)| Extend { seq, tokens: t, all_logits: true }).collect();
+        let items: Vec<Extend<'_>> = seqs
+            .iter()
+            .zip(&full)
+            .map(|(&seq, t)| Extend {
+                seq,
+                tokens: t,
+                all_logits: true,
+            })
+            .collect();
         let mut logits = Vec::new();
         let r = eng.extend(&items, &mut logits);
         for s in seqs {
@@ -244,6 +269,11 @@ impl Rear {
             token_scores.push(s);
             score += s;
         }
-        Ok(ScoreResult { token_logprobs, token_scores, logprob_contexts: sums, score })
+        Ok(ScoreResult {
+            token_logprobs,
+            token_scores,
+            logprob_contexts: sums,
+            score,
+        })
     }
 }

@@ -5,11 +5,13 @@
 //! drives guided greedy, sampling, beam search, best-of-N and chunk-level tree search.
 pub mod api;
 pub mod backend;
+pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
 pub mod rear;
+pub mod request;
 pub mod search;
 
 pub use error::{Error, Result};

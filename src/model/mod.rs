@@ -44,6 +44,12 @@ impl Model {
         })?;
         let tokenizer = tokenizer::TextTokenizer::from_model_dir(path)?;
         let template = chat::ChatTemplate::from_model_dir(path)?;
-        Ok(Model { path: path.to_owned(), config, weights, tokenizer, template })
+        Ok(Model {
+            path: path.to_owned(),
+            config,
+            weights,
+            tokenizer,
+            template,
+        })
     }
 }

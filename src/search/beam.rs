@@ -6,7 +6,10 @@
 //! candidates have finished (their best `B` are returned) or at `--max-new-tokens` (finished and
 //! live beams compete; the best `B` are returned). Without EOS and with one context this is HF's
 //! `num_beams=B` search exactly.
-use super::{pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams, Want};
+use super::{
+    pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams,
+    Want,
+};
 use crate::engine::StepApi;
 use crate::error::Result;
 use crate::rear::Mixture;
@@ -40,11 +43,16 @@ impl Beam {
         let k = self.mix.contexts();
         let b = self.p.beams;
         // Enough candidates that B non-EOS ones are among them.
-        let eos = if self.p.ignore_eos { 0 } else { self.p.eos_token_ids.len() };
+        let eos = if self.p.ignore_eos {
+            0
+        } else {
+            self.p.eos_token_ids.len()
+        };
         let keep = b * (1 + eos.max(1));
         self.cands.clear();
         for (bi, h) in parents.iter().enumerate() {
-            self.mix.combine(&rows[bi * k..(bi + 1) * k], &mut self.combined);
+            self.mix
+                .combine(&rows[bi * k..(bi + 1) * k], &mut self.combined);
             for (v, &s) in self.combined.iter().enumerate() {
                 self.cands.push((h.score + s, v as u32, bi as u32));
             }

@@ -7,7 +7,10 @@
 //! search ends when every kept beam has finished. Continuation `j` of beam rank `b` in round `r`
 //! samples from random stream `r·B·M + b·M + j`, so a seed reproduces the same tree.
 use super::sampler::{sample, uniform};
-use super::{pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams, Want};
+use super::{
+    pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams,
+    Want,
+};
 use crate::engine::StepApi;
 use crate::error::Result;
 use crate::rear::Mixture;
@@ -49,7 +52,10 @@ impl Chunk {
     fn in_chunk(&self, h: &Hyp) -> bool {
         h.finish.is_none()
             && h.chunk_len < self.p.chunk_tokens
-            && !h.tokens.last().is_some_and(|t| self.p.chunk_delimiters.contains(t))
+            && !h
+                .tokens
+                .last()
+                .is_some_and(|t| self.p.chunk_delimiters.contains(t))
     }
 
     /// Forks `M` continuations of each parent (with its rows) and draws their first tokens.
@@ -101,8 +107,9 @@ impl Search for Chunk {
             self.expand(api, vec![root], rows);
         } else if self.growing.is_empty() {
             // Rows of the kept unfinished beams: start the next round.
-            let (parents, done): (Vec<Hyp>, Vec<Hyp>) =
-                std::mem::take(&mut self.beams).into_iter().partition(|h| h.finish.is_none());
+            let (parents, done): (Vec<Hyp>, Vec<Hyp>) = std::mem::take(&mut self.beams)
+                .into_iter()
+                .partition(|h| h.finish.is_none());
             self.beams = done;
             self.expand(api, parents, rows);
         } else {
@@ -126,7 +133,9 @@ impl Search for Chunk {
     }
 
     fn is_done(&self) -> bool {
-        self.root.is_none() && self.growing.is_empty() && self.beams.iter().all(|h| h.finish.is_some())
+        self.root.is_none()
+            && self.growing.is_empty()
+            && self.beams.iter().all(|h| h.finish.is_some())
     }
 
     fn finish(&mut self, api: &mut dyn StepApi) -> Vec<Candidate> {

@@ -3,7 +3,10 @@
 //! first (pref) context at temperature T with top-k/top-p, each scored by S in the same pass,
 //! returned best first). All share the prompt's cache blocks after one prefill.
 use super::sampler::{sample, uniform};
-use super::{pending_wants, prefill_wants, sort_best_first, Algo, Candidate, Hyp, Prefill, Search, SearchParams, Want};
+use super::{
+    pending_wants, prefill_wants, sort_best_first, Algo, Candidate, Hyp, Prefill, Search,
+    SearchParams, Want,
+};
 use crate::engine::StepApi;
 use crate::error::Result;
 use crate::rear::{argmax, Mixture};
@@ -46,7 +49,13 @@ impl Independent {
             _ => {
                 self.mix.combine(rows, &mut self.combined);
                 let u = uniform(self.p.seed, h.stream, step);
-                sample(&self.combined, self.p.sampling, u, &mut self.idx, &mut self.probs)
+                sample(
+                    &self.combined,
+                    self.p.sampling,
+                    u,
+                    &mut self.idx,
+                    &mut self.probs,
+                )
             }
         }
     }
@@ -63,7 +72,11 @@ impl Search for Independent {
     fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()> {
         let k = self.mix.contexts();
         if let Some((root, _)) = self.root.take() {
-            let n = if self.p.algo == Algo::Greedy { 1 } else { self.p.n };
+            let n = if self.p.algo == Algo::Greedy {
+                1
+            } else {
+                self.p.n
+            };
             let mut hyps: Vec<Hyp> = (1..n).map(|_| root.fork(api)).collect();
             hyps.insert(0, root);
             for (i, h) in hyps.iter_mut().enumerate() {

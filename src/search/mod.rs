@@ -82,7 +82,11 @@ impl Default for SearchParams {
             n: 1,
             chunk_tokens: 16,
             max_new_tokens: 128,
-            sampling: SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+            sampling: SampleParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+            },
             seed: 0,
             ignore_eos: false,
             length_norm: false,
@@ -198,7 +202,14 @@ impl Hyp {
     }
 
     /// Appends `token` (scored from the context rows `rows[k]`), finishing on EOS or length.
-    pub fn push(&mut self, token: u32, rows: &[&[f32]], mix: &Mixture, p: &SearchParams, api: &mut dyn StepApi) {
+    pub fn push(
+        &mut self,
+        token: u32,
+        rows: &[&[f32]],
+        mix: &Mixture,
+        p: &SearchParams,
+        api: &mut dyn StepApi,
+    ) {
         let mut lps = [0f32; 16];
         let mut big = Vec::new();
         let lps: &mut [f32] = if rows.len() <= 16 {
@@ -290,18 +301,35 @@ pub fn start(api: &mut dyn StepApi, prompt: &Prompt, p: &SearchParams) -> Result
         }
         let vocab = api.config().vocab_size;
         if let Some(&t) = c.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Input(format!("prompt token id {t} is outside the vocabulary (size {vocab})")));
+            return Err(Error::Input(format!(
+                "prompt token id {t} is outside the vocabulary (size {vocab})"
+            )));
         }
     }
     let seqs: Vec<SeqId> = prompt.contexts.iter().map(|_| api.new_seq()).collect();
     let root = Hyp::root(seqs);
-    let prefill = Prefill { tokens: prompt.contexts.clone() };
+    let prefill = Prefill {
+        tokens: prompt.contexts.clone(),
+    };
     Ok(match p.algo {
-        Algo::Greedy | Algo::Sample | Algo::Bon => {
-            Box::new(independent::Independent::new(root, prefill, prompt.mixture.clone(), p.clone()))
-        }
-        Algo::Beam => Box::new(beam::Beam::new(root, prefill, prompt.mixture.clone(), p.clone())),
-        Algo::Chunk => Box::new(chunk::Chunk::new(root, prefill, prompt.mixture.clone(), p.clone())),
+        Algo::Greedy | Algo::Sample | Algo::Bon => Box::new(independent::Independent::new(
+            root,
+            prefill,
+            prompt.mixture.clone(),
+            p.clone(),
+        )),
+        Algo::Beam => Box::new(beam::Beam::new(
+            root,
+            prefill,
+            prompt.mixture.clone(),
+            p.clone(),
+        )),
+        Algo::Chunk => Box::new(chunk::Chunk::new(
+            root,
+            prefill,
+            prompt.mixture.clone(),
+            p.clone(),
+        )),
     })
 }
 
@@ -316,20 +344,30 @@ pub(crate) fn pending_wants<'a>(hyps: impl Iterator<Item = &'a Hyp>, out: &mut V
     for h in hyps.filter(|h| h.pending && h.finish.is_none()) {
         let t = *h.tokens.last().unwrap();
         for &s in &h.seqs {
-            out.push(Want { seq: s, tokens: vec![t] });
+            out.push(Want {
+                seq: s,
+                tokens: vec![t],
+            });
         }
     }
 }
 
 pub(crate) fn prefill_wants(root: &Hyp, prefill: &Prefill, out: &mut Vec<Want>) {
     for (s, t) in root.seqs.iter().zip(&prefill.tokens) {
-        out.push(Want { seq: *s, tokens: t.clone() });
+        out.push(Want {
+            seq: *s,
+            tokens: t.clone(),
+        });
     }
 }
 
 /// Sorts candidates best first (by rank key, ties by token ids for a stable order).
 pub(crate) fn sort_best_first(hyps: &mut [Hyp], p: &SearchParams) {
-    hyps.sort_by(|a, b| p.rank_key(b).total_cmp(&p.rank_key(a)).then_with(|| a.tokens.cmp(&b.tokens)));
+    hyps.sort_by(|a, b| {
+        p.rank_key(b)
+            .total_cmp(&p.rank_key(a))
+            .then_with(|| a.tokens.cmp(&b.tokens))
+    });
 }
 
 /// Runs every search to completion, batching all their wants into one forward pass per step.
@@ -353,36 +391,63 @@ pub fn drive(
     searches: &mut [Box<dyn Search>],
     on_done: &mut dyn FnMut(usize, Vec<Candidate>),
 ) -> Result<()> {
-    let vocab = api.config().vocab_size;
     let mut reported = vec![false; searches.len()];
-    let mut wants = Vec::new();
-    let mut spans = Vec::new();
-    let mut logits = Vec::new();
+    let mut bufs = StepBuffers::default();
     loop {
-        wants.clear();
-        spans.clear();
         for (i, s) in searches.iter_mut().enumerate() {
-            if s.is_done() {
-                if !reported[i] {
-                    reported[i] = true;
-                    on_done(i, s.finish(api));
-                }
-                continue;
+            if s.is_done() && !reported[i] {
+                reported[i] = true;
+                on_done(i, s.finish(api));
             }
-            let start = wants.len();
-            s.want(&mut wants);
-            spans.push((i, start, wants.len()));
         }
-        if wants.is_empty() {
+        if !step(api, searches, &mut bufs)? {
             return Ok(());
         }
-        let items: Vec<Extend<'_>> =
-            wants.iter().map(|w| Extend { seq: w.seq, tokens: &w.tokens, all_logits: false }).collect();
-        api.extend(&items, &mut logits)?;
-        log_softmax_rows(&mut logits, vocab);
-        let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
-        for &(i, a, b) in &spans {
-            searches[i].got(api, &rows[a..b])?;
+    }
+}
+
+/// Reusable buffers of `step`.
+#[derive(Default)]
+pub struct StepBuffers {
+    wants: Vec<Want>,
+    spans: Vec<(usize, usize, usize)>,
+    logits: Vec<f32>,
+}
+
+/// One forward pass for every unfinished search in `searches` (all their wants batched);
+/// returns false when none wanted anything.
+pub fn step(
+    api: &mut dyn StepApi,
+    searches: &mut [Box<dyn Search>],
+    b: &mut StepBuffers,
+) -> Result<bool> {
+    let vocab = api.config().vocab_size;
+    b.wants.clear();
+    b.spans.clear();
+    for (i, s) in searches.iter_mut().enumerate() {
+        if !s.is_done() {
+            let start = b.wants.len();
+            s.want(&mut b.wants);
+            b.spans.push((i, start, b.wants.len()));
         }
     }
+    if b.wants.is_empty() {
+        return Ok(false);
+    }
+    let items: Vec<Extend<'_>> = b
+        .wants
+        .iter()
+        .map(|w| Extend {
+            seq: w.seq,
+            tokens: &w.tokens,
+            all_logits: false,
+        })
+        .collect();
+    api.extend(&items, &mut b.logits)?;
+    log_softmax_rows(&mut b.logits, vocab);
+    let rows: Vec<&[f32]> = b.logits.chunks(vocab).collect();
+    for &(i, a, e) in &b.spans {
+        searches[i].got(api, &rows[a..e])?;
+    }
+    Ok(true)
 }

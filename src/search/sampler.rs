@@ -27,7 +27,12 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// A uniform number in `[0, 1)` for (`seed`, `stream`, `step`), with 53 random bits.
 pub fn uniform(seed: u64, stream: u64, step: u64) -> f64 {
     let r = philox4x32(
-        [step as u32, (step >> 32) as u32, stream as u32, (stream >> 32) as u32],
+        [
+            step as u32,
+            (step >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
         [seed as u32, (seed >> 32) as u32],
     );
     let bits = ((r[0] as u64) << 21) ^ (r[1] as u64 >> 11);
@@ -47,7 +52,13 @@ pub struct SampleParams {
 /// Picks a token from `softmax(scores / T)` restricted by top-k then top-p, with the uniform
 /// number `u`. Order of the inverse CDF: token id when nothing is cut, else best first (ties by
 /// lower id). `T = 0` is argmax. `idx` and `probs` are scratch.
-pub fn sample(scores: &[f32], p: SampleParams, u: f64, idx: &mut Vec<u32>, probs: &mut Vec<f64>) -> u32 {
+pub fn sample(
+    scores: &[f32],
+    p: SampleParams,
+    u: f64,
+    idx: &mut Vec<u32>,
+    probs: &mut Vec<f64>,
+) -> u32 {
     if p.temperature <= 0.0 {
         return crate::rear::argmax(scores) as u32;
     }
@@ -58,7 +69,9 @@ pub fn sample(scores: &[f32], p: SampleParams, u: f64, idx: &mut Vec<u32>, probs
     idx.extend(0..scores.len() as u32);
     if truncate {
         let by_score = |a: &u32, b: &u32| {
-            scores[*b as usize].total_cmp(&scores[*a as usize]).then(a.cmp(b))
+            scores[*b as usize]
+                .total_cmp(&scores[*a as usize])
+                .then(a.cmp(b))
         };
         if p.top_k > 0 && p.top_k < idx.len() {
             idx.select_nth_unstable_by(p.top_k - 1, by_score);
@@ -67,7 +80,10 @@ pub fn sample(scores: &[f32], p: SampleParams, u: f64, idx: &mut Vec<u32>, probs
         idx.sort_unstable_by(by_score);
     }
     probs.clear();
-    probs.extend(idx.iter().map(|&i| ((scores[i as usize] / t - max) as f64).exp()));
+    probs.extend(
+        idx.iter()
+            .map(|&i| ((scores[i as usize] / t - max) as f64).exp()),
+    );
     if p.top_p < 1.0 {
         let total: f64 = probs.iter().sum();
         let mut cum = 0.0;
@@ -100,7 +116,10 @@ mod tests {
     #[test]
     fn philox_known_answer() {
         // Random123's published known-answer vectors for philox4x32-10.
-        assert_eq!(philox4x32([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
         assert_eq!(
             philox4x32([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
@@ -111,9 +130,15 @@ mod tests {
     fn sampling_follows_the_distribution_and_cuts() {
         let scores = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
         let (mut i, mut p) = (vec![], vec![]);
-        let sp = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0 };
+        let sp = SampleParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
         let n = 4000;
-        let ones = (0..n).filter(|&s| sample(&scores, sp, uniform(7, 0, s), &mut i, &mut p) == 1).count();
+        let ones = (0..n)
+            .filter(|&s| sample(&scores, sp, uniform(7, 0, s), &mut i, &mut p) == 1)
+            .count();
         assert!((ones as f64 / n as f64 - 0.75).abs() < 0.03, "{ones}");
         let k1 = SampleParams { top_k: 1, ..sp };
         assert!((0..50).all(|s| sample(&scores, k1, uniform(7, 1, s), &mut i, &mut p) == 1));
