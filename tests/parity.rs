@@ -18,7 +18,9 @@ const MODELS: &[&str] = &[
 ];
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn golden(name: &str) -> Value {
@@ -27,11 +29,19 @@ fn golden(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 /// 1e-4 for f32-stored weights, 2e-3 for bf16/f16-stored.
@@ -48,7 +58,10 @@ fn load(name: &str) -> Rear {
 }
 
 fn single(p: Vec<u32>) -> Prompt {
-    Prompt { contexts: vec![p], mixture: Mixture::Single }
+    Prompt {
+        contexts: vec![p],
+        mixture: Mixture::Single,
+    }
 }
 
 #[test]
@@ -74,7 +87,11 @@ fn token_logprobs_match_transformers() {
 }
 
 fn params(r: &Rear, algo: Algo, max_new: usize) -> SearchParams {
-    SearchParams { algo, max_new_tokens: max_new, ..r.default_params() }
+    SearchParams {
+        algo,
+        max_new_tokens: max_new,
+        ..r.default_params()
+    }
 }
 
 #[test]
@@ -84,18 +101,33 @@ fn greedy_matches_transformers_and_incremental_equals_prefill() {
         let mut r = load(name);
         for case in g["greedy"].as_array().unwrap() {
             let prompt = ids(&case["prompt_ids"]);
-            let mut p = params(&r, Algo::Greedy, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let mut p = params(
+                &r,
+                Algo::Greedy,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.ignore_eos = case["ignore_eos"].as_bool().unwrap();
             p.eos_token_ids = ids(&case["eos_token_ids"]);
             let out = r.generate(&single(prompt.clone()), &p).unwrap();
             assert_eq!(out.len(), 1);
             let c = &out[0];
-            assert_eq!(c.token_ids, ids(&case["token_ids"]), "{name}: greedy tokens");
-            let want_reason = if case["finish_reason"] == "eos" { FinishReason::Eos } else { FinishReason::Length };
+            assert_eq!(
+                c.token_ids,
+                ids(&case["token_ids"]),
+                "{name}: greedy tokens"
+            );
+            let want_reason = if case["finish_reason"] == "eos" {
+                FinishReason::Eos
+            } else {
+                FinishReason::Length
+            };
             assert_eq!(c.finish_reason, want_reason, "{name}");
             // Decoding token by token through the cache gives the numbers of one prefill.
             let s = r.score(&single(prompt), &c.token_ids).unwrap();
-            assert_eq!(s.token_logprobs[0], c.token_logprobs[0], "{name}: incremental != prefill");
+            assert_eq!(
+                s.token_logprobs[0], c.token_logprobs[0],
+                "{name}: incremental != prefill"
+            );
             assert_eq!(s.score, c.score);
         }
         assert_eq!(r.engine().used_blocks(), 0, "{name}: blocks leaked");
@@ -111,12 +143,22 @@ fn guided_greedy_matches_transformers_cfg() {
             let lambda = case["lambda"].as_f64().unwrap() as f32;
             let prompt = Prompt {
                 contexts: vec![ids(&case["prompt_ids"]), ids(&case["base_ids"])],
-                mixture: Mixture::Guided { lambdas: vec![lambda] },
+                mixture: Mixture::Guided {
+                    lambdas: vec![lambda],
+                },
             };
-            let mut p = params(&r, Algo::Greedy, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let mut p = params(
+                &r,
+                Algo::Greedy,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.ignore_eos = true;
             let out = r.generate(&prompt, &p).unwrap();
-            assert_eq!(out[0].token_ids, ids(&case["token_ids"]), "{name}: CFG λ={lambda}");
+            assert_eq!(
+                out[0].token_ids,
+                ids(&case["token_ids"]),
+                "{name}: CFG λ={lambda}"
+            );
             let s = r.score(&prompt, &out[0].token_ids).unwrap();
             assert_eq!(s.score, out[0].score, "{name}: score != generate");
             assert_eq!(s.logprob_contexts, out[0].logprob_contexts);
@@ -133,15 +175,28 @@ fn beam_matches_transformers_num_beams() {
         let tol = tolerance(name) * 10.0;
         for case in g["beam"].as_array().unwrap() {
             let b = case["num_beams"].as_u64().unwrap() as usize;
-            let mut p = params(&r, Algo::Beam, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let mut p = params(
+                &r,
+                Algo::Beam,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.beams = b;
             p.ignore_eos = true;
             let out = r.generate(&single(ids(&case["prompt_ids"])), &p).unwrap();
-            let want: Vec<Vec<u32>> = case["sequences"].as_array().unwrap().iter().map(ids).collect();
+            let want: Vec<Vec<u32>> = case["sequences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(ids)
+                .collect();
             let got: Vec<Vec<u32>> = out.iter().map(|c| c.token_ids.clone()).collect();
             assert_eq!(got, want, "{name}: beam B={b}");
             for (c, w) in out.iter().zip(floats(&case["sequence_logprobs"])) {
-                assert!((c.score as f64 - w).abs() < tol, "{name}: beam score {} vs {w}", c.score);
+                assert!(
+                    (c.score as f64 - w).abs() < tol,
+                    "{name}: beam score {} vs {w}",
+                    c.score
+                );
             }
         }
         assert_eq!(r.engine().used_blocks(), 0, "{name}: blocks leaked");
