@@ -2,7 +2,7 @@
 //! `generate` with any algorithm, `score` a given response, or run many requests together
 //! (`generate_many`) so that their steps share forward passes.
 //!
-//! ```no_run
+//! ```
 //! use rear::api::{Rear, LoadOptions};
 //! use rear::rear::Mixture;
 //! use rear::search::{Algo, Prompt, SearchParams};

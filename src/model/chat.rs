@@ -78,6 +78,7 @@ impl std::error::Error for Raised {}
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// A compiled chat template with the special-token variables it is rendered with.
+#[derive(Clone)]
 pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,
@@ -92,13 +93,6 @@ impl std::fmt::Debug for ChatTemplate {
             .field("source", &self.source)
             .field("vars", &self.vars)
             .finish()
-    }
-}
-
-impl Clone for ChatTemplate {
-    fn clone(&self) -> Self {
-        // The source compiled once already, so this cannot fail.
-        Self::with_vars(self.source.clone(), self.vars.clone()).expect("recompiling a template")
     }
 }
 
@@ -122,7 +116,11 @@ impl ChatTemplate {
     }
 
     /// Compiles `source`; the error names the template problem (message and line).
-    pub fn new(source: String, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
+    pub fn new(
+        source: String,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self> {
         let mut vars = Vec::new();
         if let Some(b) = bos_token {
             vars.push(("bos_token".to_string(), b));
@@ -198,15 +196,14 @@ impl ChatTemplate {
                 }
             }
         }
-        ctx.retain(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "messages" | "tools" | "documents" | "add_generation_prompt"
-            )
-        });
+        // `tools` and `documents` may come from kwargs (HF's named arguments); None otherwise.
+        ctx.retain(|(k, _)| k != "messages" && k != "add_generation_prompt");
+        for name in ["tools", "documents"] {
+            if !ctx.iter().any(|(k, _)| k == name) {
+                ctx.push((name.into(), Value::from(())));
+            }
+        }
         ctx.push(("messages".into(), Value::from_serialize(messages)));
-        ctx.push(("tools".into(), Value::from(())));
-        ctx.push(("documents".into(), Value::from(())));
         ctx.push((
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),
@@ -264,6 +261,9 @@ fn hf_environment(source: &str) -> Result<Environment<'static>> {
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
+    env.add_filter("truncate", truncate);
+    env.add_filter("center", center);
+    env.add_filter("wordcount", wordcount);
     env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
         .map_err(|e| Error::Template(describe(&e)))?;
     Ok(env)
@@ -373,7 +373,11 @@ fn py_float_repr(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // `{:e}` gives the shortest round-trip digits as d.ddde±x.
     let e = format!("{f:e}");
@@ -415,7 +419,11 @@ fn py_float_repr(f: f64) -> String {
             s.push('.');
             s.push_str(&digits[1..]);
         }
-        s.push_str(&format!("e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()));
+        s.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
     }
     s
 }
@@ -432,42 +440,45 @@ fn python_formatter(
         | ValueKind::Number
         | ValueKind::Seq
         | ValueKind::Map
-        | ValueKind::Iterable => {
-            out.write_str(&py_str(value))
-                .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "formatting"))
-        }
+        | ValueKind::Iterable => out
+            .write_str(&py_str(value))
+            .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "formatting")),
         _ => minijinja::escape_formatter(out, state, value),
     }
 }
 
-/// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, i.e.
-/// Python `json.dumps` with those arguments (positional or keyword).
-fn tojson(value: &Value, args: Rest<Value>) -> std::result::Result<Value, minijinja::Error> {
+/// Binds positional and keyword arguments to Python-style parameters `names` (all optional).
+fn bind_args(
+    func: &str,
+    args: Rest<Value>,
+    names: &[&str],
+) -> std::result::Result<Vec<Option<Value>>, minijinja::Error> {
     let mut positional: Vec<Value> = args.0;
     let kwargs = match positional.last() {
         Some(v) if v.is_kwargs() => Some(Kwargs::try_from(positional.pop().unwrap_or_default())?),
         _ => None,
     };
-    if positional.len() > 4 {
+    if positional.len() > names.len() {
         return Err(minijinja::Error::new(
             ErrorKind::TooManyArguments,
-            "tojson takes at most 4 arguments (ensure_ascii, indent, separators, sort_keys)",
+            format!(
+                "{func} takes at most {} arguments ({})",
+                names.len(),
+                names.join(", ")
+            ),
         ));
     }
-    let mut slots: [Option<Value>; 4] = Default::default();
+    let mut slots: Vec<Option<Value>> = vec![None; names.len()];
     for (i, v) in positional.into_iter().enumerate() {
         slots[i] = Some(v);
     }
     if let Some(kw) = &kwargs {
-        for (i, name) in ["ensure_ascii", "indent", "separators", "sort_keys"]
-            .iter()
-            .enumerate()
-        {
+        for (i, name) in names.iter().enumerate() {
             if kw.has(name) {
                 if slots[i].is_some() {
                     return Err(minijinja::Error::new(
                         ErrorKind::InvalidOperation,
-                        format!("tojson got multiple values for argument '{name}'"),
+                        format!("{func} got multiple values for argument '{name}'"),
                     ));
                 }
                 slots[i] = Some(kw.get::<Value>(name)?);
@@ -475,20 +486,123 @@ fn tojson(value: &Value, args: Rest<Value>) -> std::result::Result<Value, miniji
         }
         kw.assert_all_used()?;
     }
+    // Python's None means "use the default".
+    Ok(slots
+        .into_iter()
+        .map(|v| v.filter(|v| !v.is_none() && !v.is_undefined()))
+        .collect())
+}
+
+fn int_arg(
+    func: &str,
+    v: &Option<Value>,
+    default: i64,
+) -> std::result::Result<i64, minijinja::Error> {
+    match v {
+        None => Ok(default),
+        Some(v) => v.as_i64().ok_or_else(|| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{func}: expected an integer, got {v}"),
+            )
+        }),
+    }
+}
+
+/// Jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)`.
+fn truncate(value: &Value, args: Rest<Value>) -> std::result::Result<Value, minijinja::Error> {
+    let a = bind_args("truncate", args, &["length", "killwords", "end", "leeway"])?;
+    let s = py_str(value);
+    let length = int_arg("truncate", &a[0], 255)?.max(0) as usize;
+    let killwords = a[1].as_ref().is_some_and(Value::is_true);
+    let end = a[2]
+        .as_ref()
+        .map(py_str)
+        .unwrap_or_else(|| "...".to_string());
+    let leeway = int_arg("truncate", &a[3], 5)?.max(0) as usize;
+    let chars: Vec<char> = s.chars().collect();
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("expected length >= {end_len}, got {length}"),
+        ));
+    }
+    if chars.len() <= length + leeway {
+        return Ok(Value::from(s));
+    }
+    let head: String = chars[..length - end_len].iter().collect();
+    let head = if killwords {
+        head
+    } else {
+        match head.rfind(' ') {
+            Some(i) => head[..i].to_string(),
+            None => head,
+        }
+    };
+    Ok(Value::from(head + &end))
+}
+
+/// Jinja2's `center(s, width=80)` (Python `str.center`).
+fn center(value: &Value, args: Rest<Value>) -> std::result::Result<Value, minijinja::Error> {
+    let a = bind_args("center", args, &["width"])?;
+    let s = py_str(value);
+    let width = int_arg("center", &a[0], 80)?;
+    let len = s.chars().count() as i64;
+    if width <= len {
+        return Ok(Value::from(s));
+    }
+    let marg = width - len;
+    let left = marg / 2 + (marg & width & 1);
+    let right = marg - left;
+    Ok(Value::from(format!(
+        "{}{s}{}",
+        " ".repeat(left as usize),
+        " ".repeat(right as usize)
+    )))
+}
+
+/// Jinja2's `wordcount`: the number of `\w+` runs.
+fn wordcount(value: &Value) -> usize {
+    let s = py_str(value);
+    let mut n = 0;
+    let mut in_word = false;
+    for c in s.chars() {
+        let w = c.is_alphanumeric() || c == '_';
+        if w && !in_word {
+            n += 1;
+        }
+        in_word = w;
+    }
+    n
+}
+
+/// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, i.e.
+/// Python `json.dumps` with those arguments (positional or keyword).
+fn tojson(value: &Value, args: Rest<Value>) -> std::result::Result<Value, minijinja::Error> {
+    let slots = bind_args(
+        "tojson",
+        args,
+        &["ensure_ascii", "indent", "separators", "sort_keys"],
+    )?;
     let ensure_ascii = slots[0].as_ref().is_some_and(Value::is_true);
     let indent = match &slots[1] {
         None => None,
-        Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
+        Some(v) if v.kind() == ValueKind::String => {
+            Some(v.as_str().unwrap_or_default().to_string())
+        }
         Some(v) => {
             let n = v.as_i64().ok_or_else(|| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an int or a string",
+                )
             })?;
             Some(" ".repeat(n.max(0) as usize))
         }
     };
     let (item_sep, key_sep) = match &slots[2] {
-        Some(v) if !v.is_none() && !v.is_undefined() => {
+        Some(v) => {
             let parts: Vec<Value> = v.try_iter()?.collect();
             match parts.as_slice() {
                 [a, b] if a.as_str().is_some() && b.as_str().is_some() => (
@@ -538,7 +652,12 @@ impl JsonDumper {
         }
     }
 
-    fn dump(&self, out: &mut String, v: &Value, level: usize) -> std::result::Result<(), minijinja::Error> {
+    fn dump(
+        &self,
+        out: &mut String,
+        v: &Value,
+        level: usize,
+    ) -> std::result::Result<(), minijinja::Error> {
         match v.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -585,7 +704,10 @@ impl JsonDumper {
                         _ => {
                             return Err(minijinja::Error::new(
                                 ErrorKind::InvalidOperation,
-                                format!("tojson: keys must be str, int, float, bool or None, not {}", key.kind()),
+                                format!(
+                                    "tojson: keys must be str, int, float, bool or None, not {}",
+                                    key.kind()
+                                ),
                             ))
                         }
                     };
@@ -929,7 +1051,11 @@ pub fn build_contexts_multi(
         let text = match placement {
             PreferenceIn::User => user_placed()?,
             PreferenceIn::System => {
-                match tpl.try_render(&[Message::system(p.as_str()), Message::user(prompt)], true, None) {
+                match tpl.try_render(
+                    &[Message::system(p.as_str()), Message::user(prompt)],
+                    true,
+                    None,
+                ) {
                     Ok(t) if t.contains(p.trim()) => t,
                     Ok(_) => {
                         notice.get_or_insert_with(|| {
@@ -955,4 +1081,289 @@ pub fn build_contexts_multi(
         prefs.push(ctx(text)?);
     }
     Ok((prefs, Some(ctx(base_text)?), notice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A fixture model directory (see tests/fixtures/README.md).
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn tpl(source: &str) -> ChatTemplate {
+        ChatTemplate::new(source.into(), Some("<s>".into()), Some("</s>".into())).unwrap()
+    }
+
+    fn render_one(source: &str) -> String {
+        tpl(source).render(&[Message::user("hi")], true).unwrap()
+    }
+
+    /// A temporary model dir holding the fixture tokenizer and the given extra files.
+    fn temp_model_dir(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rear-chat-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            fixture("llama_f32").join("tokenizer.json"),
+            dir.join("tokenizer.json"),
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn jinja_settings_match_transformers() {
+        // trim_blocks + lstrip_blocks, and the template's final newline dropped.
+        let src = "{% for m in messages %}\n    {% if true %}\n[{{ m.role }}]\n    {% endif %}\n{% endfor %}\n";
+        assert_eq!(render_one(src), "[user]\n");
+        // Python printing of values.
+        assert_eq!(
+            render_one("{{ none }} {{ true }} {{ [1, 'a', none] }} {{ {'k': false} }} {{ 1e20 }} {{ 10/4 }}"),
+            "None True [1, 'a', None] {'k': False} 1e+20 2.5"
+        );
+        // Python string and dict methods.
+        assert_eq!(
+            render_one("{{ '  A b '.strip().lower() }}|{{ 'a,b'.split(',') }}|{{ 'abc'.startswith('ab') }}|{% for k, v in {'x': 1}.items() %}{{ k }}{{ v }}{% endfor %}"),
+            "a b|['a', 'b']|True|x1"
+        );
+        // Special-token variables, tools/documents as None, add_generation_prompt.
+        assert_eq!(
+            render_one("{{ bos_token }}{{ eos_token }} {{ tools is none }} {{ documents is none }} {{ add_generation_prompt }} {{ pad_token is defined }}"),
+            "<s></s> True True True False"
+        );
+        // {% generation %} is accepted and renders its body.
+        assert_eq!(
+            render_one("a\n{%- generation -%}\n b {{ 1 }}\n{%- endgeneration %}\nc"),
+            "ab 1c"
+        );
+    }
+
+    #[test]
+    fn tojson_is_python_json_dumps() {
+        let value = "{'b': [1, 2.0, none, true], 'a': {'x': 'é\"\\n'}, 'c': {}}";
+        assert_eq!(
+            render_one(&format!("{{{{ {value}|tojson }}}}")),
+            "{\"b\": [1, 2.0, null, true], \"a\": {\"x\": \"é\\\"\\n\"}, \"c\": {}}"
+        );
+        assert_eq!(
+            render_one(&format!("{{{{ {value}|tojson(indent=2, sort_keys=true) }}}}")),
+            "{\n  \"a\": {\n    \"x\": \"é\\\"\\n\"\n  },\n  \"b\": [\n    1,\n    2.0,\n    null,\n    true\n  ],\n  \"c\": {}\n}"
+        );
+        assert_eq!(
+            render_one("{{ ['ü🙂', '\\x01'] | tojson(ensure_ascii=true, separators=(',', ':')) }}"),
+            "[\"\\u00fc\\ud83d\\ude42\",\"\\u0001\"]"
+        );
+        assert_eq!(render_one("{{ '<a&b>'|tojson }}"), "\"<a&b>\"");
+        assert!(tpl("{{ x|tojson }}").render(&[], false).is_err());
+    }
+
+    #[test]
+    fn python_float_repr() {
+        let cases = [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e-5, "1e-05"),
+            (123456.789, "123456.789"),
+            (1e22, "1e+22"),
+            (-2.5e-7, "-2.5e-07"),
+            (0.0001, "0.0001"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (1.5e300, "1.5e+300"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(py_float_repr(f), want, "{f}");
+        }
+    }
+
+    #[test]
+    fn strftime_directives() {
+        // 2024-07-26 13:20:00 UTC, a Friday.
+        let t = 1_722_000_000;
+        assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
+        assert_eq!(
+            strftime("%A %B %-d %H:%M:%S %j %I%p %y %e|%a %w %u %%", t),
+            "Friday July 26 13:20:00 208 01PM 24 26|Fri 5 5 %"
+        );
+        assert_eq!(strftime("%Y-%m-%d %a", 0), "1970-01-01 Thu");
+        assert_eq!(strftime("%F", 951_782_400), "2000-02-29");
+        let now = render_one("{{ strftime_now('%Y') }}");
+        assert_eq!(now.len(), 4, "{now}");
+    }
+
+    #[test]
+    fn raise_exception_keeps_the_message() {
+        let t = tpl("{% if messages[0].role == 'system' %}{{ raise_exception('No system: ' + messages[0].role) }}{% endif %}ok");
+        let msgs = [Message::system("p"), Message::user("q")];
+        assert_eq!(
+            t.try_render(&msgs, true, None),
+            Err(RenderError::Raised("No system: system".into()))
+        );
+        let err = t.render(&msgs, true).unwrap_err();
+        assert!(
+            matches!(&err, Error::Template(m) if m == "No system: system"),
+            "{err:?}"
+        );
+        assert_eq!(t.render(&msgs[1..], true).unwrap(), "ok");
+        // Other failures are not `Raised`.
+        let t = tpl("{{ messages[0].content + 1 }}");
+        assert!(matches!(
+            t.try_render(&[Message::user("x")], true, None),
+            Err(RenderError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn compile_errors_name_the_problem() {
+        let err = ChatTemplate::new("{% if %}".into(), None, None).unwrap_err();
+        assert!(matches!(err, Error::Template(_)));
+        assert!(err.to_string().contains("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn kwargs_override_variables() {
+        let t = tpl("{{ bos_token }}{% if enable_thinking is defined and enable_thinking is false %}-nothink{% endif %}");
+        let mut kw = serde_json::Map::new();
+        kw.insert("enable_thinking".into(), serde_json::Value::Bool(false));
+        kw.insert("bos_token".into(), "<B>".into());
+        assert_eq!(t.render_with(&[], true, &kw).unwrap(), "<B>-nothink");
+        assert_eq!(t.render(&[], true).unwrap(), "<s>");
+        // `tools` comes from kwargs when given, else it is None.
+        let t = tpl("{{ tools is none }} {{ tools|length if tools else 0 }}");
+        assert_eq!(t.render(&[], true).unwrap(), "True 0");
+        let mut kw = serde_json::Map::new();
+        kw.insert("tools".into(), serde_json::json!([{"name": "f"}]));
+        assert_eq!(t.render_with(&[], true, &kw).unwrap(), "False 1");
+    }
+
+    #[test]
+    fn template_sources_in_model_dir() {
+        let cfg = r#"{"bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>",
+            "chat_template": [{"name": "default", "template": "cfg {{ bos_token }}{{ eos_token }}"}]}"#;
+        let dir = temp_model_dir("src", &[("tokenizer_config.json", cfg)]);
+        let t = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "cfg <s></s>");
+        // chat_template.jinja wins over the config's template.
+        std::fs::write(dir.join("chat_template.jinja"), "file {{ eos_token }}\n").unwrap();
+        let t = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "file </s>");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // No template anywhere.
+        let dir = temp_model_dir("none", &[("tokenizer_config.json", "{}")]);
+        assert!(ChatTemplate::from_model_dir(&dir).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn contexts_from_a_real_model_dir() {
+        let dir = fixture("qwen3_f32");
+        let tok = TextTokenizer::from_model_dir(&dir).unwrap().unwrap();
+        let t = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
+        let c = build_contexts(
+            &tok,
+            Some(&t),
+            "Q?",
+            Some("Be brief."),
+            PreferenceIn::System,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.pref_text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            c.base_text.as_deref(),
+            Some("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n")
+        );
+        assert_eq!(c.pref_ids, tok.encode(&c.pref_text, false).unwrap());
+        assert_eq!(c.pref_ids[0], 440);
+        assert_eq!(c.notice, None);
+        let u = build_contexts(
+            &tok,
+            Some(&t),
+            "Q?",
+            Some("Be brief."),
+            PreferenceIn::User,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            u.pref_text,
+            "<|im_start|>user\nBe brief.\n\nQ?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        // Raw: the text as is, with the tokenizer's special tokens (none added for this model).
+        let r = build_contexts(
+            &tok,
+            None,
+            "Q?",
+            Some("Be brief."),
+            PreferenceIn::System,
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.pref_text, "Be brief.\n\nQ?");
+        assert_eq!(r.base_ids, Some(tok.encode("Q?", true).unwrap()));
+    }
+
+    #[test]
+    fn system_fallbacks_give_a_notice() {
+        let tok = TextTokenizer::from_model_dir(&fixture("llama_f32"))
+            .unwrap()
+            .unwrap();
+        // A template that silently drops system messages.
+        let drops = tpl("{% for m in messages %}{% if m.role == 'user' %}U:{{ m.content }}\n{% endif %}{% endfor %}A:");
+        let c = build_contexts(
+            &tok,
+            Some(&drops),
+            "Q",
+            Some("P"),
+            PreferenceIn::System,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.pref_text, "U:P\n\nQ\nA:");
+        assert_eq!(c.base_text.as_deref(), Some("U:Q\nA:"));
+        assert!(c.notice.unwrap().contains("drops the system message"));
+        // A template that raises on them.
+        let raises = tpl("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{{ messages[0].content }}");
+        let c = build_contexts(
+            &tok,
+            Some(&raises),
+            "Q",
+            Some("P"),
+            PreferenceIn::System,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.pref_text, "P\n\nQ");
+        let notice = c.notice.unwrap();
+        assert!(notice.contains("System role not supported") && !notice.contains('\n'));
+        // A template error that is not about the system message is reported.
+        let broken = tpl("{{ messages[0].content + 1 }}");
+        let err = build_contexts(
+            &tok,
+            Some(&broken),
+            "Q",
+            Some("P"),
+            PreferenceIn::System,
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Template(_)), "{err:?}");
+        // No preference: one context, no base.
+        let c = build_contexts(&tok, Some(&drops), "Q", None, PreferenceIn::System, false).unwrap();
+        assert_eq!(
+            (c.pref_text.as_str(), c.base_text, c.base_ids),
+            ("U:Q\nA:", None, None)
+        );
+    }
 }

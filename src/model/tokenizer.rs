@@ -63,7 +63,11 @@ impl ConfigToken {
 
 /// An `AddedToken` from its serialized dict (`{"content", "single_word", "lstrip", "rstrip",
 /// "normalized", "special"}`); missing flags take the `tokenizers` defaults.
-fn added_token_from_map(m: &Map<String, Value>, content: &str, default_special: bool) -> AddedToken {
+fn added_token_from_map(
+    m: &Map<String, Value>,
+    content: &str,
+    default_special: bool,
+) -> AddedToken {
     let flag = |k: &str| m.get(k).and_then(Value::as_bool);
     let special = flag("special").unwrap_or(default_special);
     let mut t = AddedToken::from(content.to_string(), special);
@@ -95,9 +99,8 @@ impl TokenizerConfig {
     /// Reads one JSON file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let v = read_json(path)?;
-        Self::from_value(v).map_err(|_| {
-            Error::Config(format!("{}: expected a JSON object", path.display()))
-        })
+        Self::from_value(v)
+            .map_err(|_| Error::Config(format!("{}: expected a JSON object", path.display())))
     }
 
     /// `dir/tokenizer_config.json` (and `dir/special_tokens_map.json` for legacy checkpoints);
@@ -131,7 +134,8 @@ impl TokenizerConfig {
                                 }
                             }
                             cfg.map.remove("additional_special_tokens");
-                            cfg.map.insert("extra_special_tokens".into(), Value::Array(list));
+                            cfg.map
+                                .insert("extra_special_tokens".into(), Value::Array(list));
                         } else {
                             cfg.map.insert(k, v);
                         }
@@ -409,7 +413,9 @@ impl TextTokenizer {
         this.clean_up_spaces = cfg.clean_up_tokenization_spaces()
             && (!is_bpe
                 || cfg
-                    .get_bool("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
+                    .get_bool(
+                        "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
+                    )
                     .unwrap_or(false));
         this.special = named
             .into_iter()
@@ -435,8 +441,14 @@ impl TextTokenizer {
     /// `update_post_processor`, e.g. for GGUF `tokenizer.ggml.add_bos_token`); uses the
     /// `bos_token`/`eos_token` set on this tokenizer, and skips one that is not set.
     pub fn set_add_bos_eos(&mut self, add_bos: bool, add_eos: bool) -> Result<()> {
-        let bos = self.special_token("bos_token").filter(|_| add_bos).map(str::to_string);
-        let eos = self.special_token("eos_token").filter(|_| add_eos).map(str::to_string);
+        let bos = self
+            .special_token("bos_token")
+            .filter(|_| add_bos)
+            .map(str::to_string);
+        let eos = self
+            .special_token("eos_token")
+            .filter(|_| add_eos)
+            .map(str::to_string);
         let pp = template_processing(&self.tok, bos.as_deref(), eos.as_deref())?;
         self.tok.with_post_processor(Some(pp));
         Ok(())
@@ -574,4 +586,159 @@ pub fn clean_up_tokenization(text: &str) -> String {
         .replace(" 's", "'s")
         .replace(" 've", "'ve")
         .replace(" 're", "'re")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    /// A fixture model directory (byte-level BPE, vocab 449; see tests/fixtures/README.md).
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn fixture_tokenizer() -> Tokenizer {
+        Tokenizer::from_file(fixture("llama_f32").join("tokenizer.json")).unwrap()
+    }
+
+    #[test]
+    fn special_tokens_map_like_hf() {
+        let cfg = TokenizerConfig::from_value(json!({
+            "add_bos_token": true,
+            "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": false,
+                          "normalized": false, "rstrip": false, "single_word": false},
+            "eos_token": "</s>",
+            "pad_token": null,
+            "image_token": "<img>",
+            "not_a_token": 3,
+            "extra_special_tokens": {"audio_token": "<aud>"},
+        }))
+        .unwrap();
+        assert_eq!(
+            cfg.special_tokens_map(),
+            vec![
+                ("bos_token".to_string(), "<s>".to_string()),
+                ("eos_token".to_string(), "</s>".to_string()),
+                ("image_token".to_string(), "<img>".to_string()),
+                ("audio_token".to_string(), "<aud>".to_string()),
+            ]
+        );
+        assert_eq!(cfg.token("bos_token").as_deref(), Some("<s>"));
+        assert_eq!(cfg.token("pad_token"), None);
+    }
+
+    #[test]
+    fn chat_template_forms() {
+        let s = TokenizerConfig::from_value(json!({"chat_template": "{{ x }}"})).unwrap();
+        assert_eq!(s.chat_template().unwrap().as_deref(), Some("{{ x }}"));
+        let list = TokenizerConfig::from_value(json!({"chat_template": [
+            {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+        .unwrap();
+        assert_eq!(list.chat_template().unwrap().as_deref(), Some("D"));
+        let no_default = TokenizerConfig::from_value(json!({"chat_template": [
+            {"name": "tool_use", "template": "T"}]}))
+        .unwrap();
+        let err = no_default.chat_template().unwrap_err().to_string();
+        assert!(err.contains("default") && err.contains("tool_use"), "{err}");
+        let none = TokenizerConfig::from_value(json!({})).unwrap();
+        assert_eq!(none.chat_template().unwrap(), None);
+        assert!(TokenizerConfig::from_value(json!([1])).is_err());
+    }
+
+    #[test]
+    fn from_model_dir_reads_fixture() {
+        let tok = TextTokenizer::from_model_dir(&fixture("llama_f32"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tok.vocab_size(), 449);
+        assert_eq!(tok.special_token("bos_token"), Some("<|begin_of_text|>"));
+        assert_eq!(tok.bos_token_id(), Some(442));
+        assert_eq!(tok.eos_token_id(), Some(446));
+        assert_eq!(tok.token_to_id("<|im_start|>"), Some(440));
+        assert_eq!(tok.id_to_token(441).as_deref(), Some("<|im_end|>"));
+        // The post-processor prepends BOS; special tokens in text are matched whole.
+        let ids = tok.encode("<|im_start|>hi", true).unwrap();
+        assert_eq!(&ids[..2], &[442, 440]);
+        assert_eq!(tok.encode("<|im_start|>hi", false).unwrap(), ids[1..]);
+        let text = "Arr, Paris it be! 🦜";
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(tok.decode(&ids, true).unwrap(), text);
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            format!("<|begin_of_text|>{text}")
+        );
+        // No tokenizer.json: no tokenizer.
+        let empty = std::env::temp_dir().join(format!("rear-tok-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(TextTokenizer::from_model_dir(&empty).unwrap().is_none());
+        std::fs::remove_dir_all(&empty).unwrap();
+        // A missing file is an Io error naming it.
+        let err = TextTokenizer::from_file(&empty.join("tokenizer.json")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn config_special_tokens_missing_from_vocab_are_added() {
+        // transformers adds named special tokens that are not added tokens yet (new ids past the
+        // vocabulary), so they encode as one token and are skipped when decoding.
+        let cfg = TokenizerConfig::from_value(json!({
+            "bos_token": "<|begin_of_text|>", "pad_token": "<pad>",
+            "additional_special_tokens": ["<extra>"]
+        }))
+        .unwrap();
+        let tok = TextTokenizer::from_tokenizer_and_config(fixture_tokenizer(), &cfg).unwrap();
+        assert_eq!(tok.vocab_size(), 451);
+        assert_eq!(tok.pad_token_id(), Some(449));
+        assert_eq!(tok.token_to_id("<extra>"), Some(450));
+        let ids = tok.encode("a<pad>b<extra>", false).unwrap();
+        assert!(ids.contains(&449) && ids.contains(&450), "{ids:?}");
+        assert_eq!(tok.decode(&ids, true).unwrap(), "ab");
+    }
+
+    #[test]
+    fn clean_up_spaces_follows_hf() {
+        let ids = fixture_tokenizer()
+            .encode("Hello , world .", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let with = |cfg: serde_json::Value| {
+            let cfg = TokenizerConfig::from_value(cfg).unwrap();
+            let tok = TextTokenizer::from_tokenizer_and_config(fixture_tokenizer(), &cfg).unwrap();
+            tok.decode(&ids, false).unwrap()
+        };
+        // transformers 5 ignores clean_up_tokenization_spaces for BPE models ...
+        assert_eq!(
+            with(json!({"clean_up_tokenization_spaces": true})),
+            "Hello , world ."
+        );
+        // ... unless forced.
+        assert_eq!(
+            with(json!({"clean_up_tokenization_spaces": true,
+                "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": true})),
+            "Hello, world."
+        );
+        assert_eq!(
+            clean_up_tokenization("a , b . c ? d ! e 's f 're g n't"),
+            "a, b. c? d! e's f're gn't"
+        );
+    }
+
+    #[test]
+    fn add_bos_eos_rebuilds_post_processor() {
+        let mut tok = TextTokenizer::from_tokenizer(fixture_tokenizer());
+        tok.set_special_token("bos_token", Some("<s>"));
+        tok.set_special_token("eos_token", Some("</s>"));
+        assert_eq!(tok.bos_token_id(), Some(0));
+        let plain = tok.encode("hi", false).unwrap();
+        tok.set_add_bos_eos(true, true).unwrap();
+        let ids = tok.encode("hi", true).unwrap();
+        assert_eq!(ids, [vec![0], plain.clone(), vec![1]].concat());
+        tok.set_add_bos_eos(false, false).unwrap();
+        assert_eq!(tok.encode("hi", true).unwrap(), plain);
+    }
 }
