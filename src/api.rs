@@ -68,6 +68,7 @@ pub struct Rear {
     pub template: Option<ChatTemplate>,
     engine: Box<dyn StepApi + Send>,
     device_notice: Option<String>,
+    delimiters: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl Rear {
@@ -97,6 +98,7 @@ impl Rear {
             template: model.template,
             engine,
             device_notice,
+            delimiters: std::sync::OnceLock::new(),
         })
     }
 
@@ -119,12 +121,18 @@ impl Rear {
             eos_token_ids: self.config().eos_token_ids.clone(),
             ..SearchParams::default()
         };
-        if let Some(tok) = &self.tokenizer {
-            p.chunk_delimiters = (0..tok.vocab_size() as u32)
-                .filter(|&t| tok.decode(&[t], false).is_ok_and(|s| s.contains('\n')))
-                .collect();
-        }
+        p.chunk_delimiters = self.chunk_delimiters().to_vec();
         p
+    }
+
+    /// Tokens whose text holds a newline (they end a `chunk` step early); computed once.
+    pub fn chunk_delimiters(&self) -> &[u32] {
+        self.delimiters.get_or_init(|| match &self.tokenizer {
+            Some(tok) => (0..tok.vocab_size() as u32)
+                .filter(|&t| tok.decode(&[t], false).is_ok_and(|s| s.contains('\n')))
+                .collect(),
+            None => Vec::new(),
+        })
     }
 
     /// Builds the contexts of a text request (DESIGN §4): with preferences, one pref context per
