@@ -181,7 +181,27 @@ impl Rear {
 
     /// Runs many requests together (their steps share forward passes); `on_done(i, result)` is
     /// called as each finishes. A request whose parameters are invalid gets its error there and
-    /// does not stop the others.
+    /// does not stop the others. Results equal those of running each request alone.
+    ///
+    /// ```
+    /// # use rear::api::{Rear, LoadOptions};
+    /// # use rear::rear::Mixture;
+    /// # use rear::search::{Algo, Prompt, SearchParams};
+    /// let mut r = Rear::load("tests/fixtures/qwen3_f32".as_ref(), &LoadOptions::default())?;
+    /// let reqs: Vec<(Prompt, SearchParams)> = (0..3)
+    ///     .map(|i| {
+    ///         let p = Prompt { contexts: vec![vec![440, 85 + i], vec![440]], mixture: Mixture::Guided { lambdas: vec![2.0] } };
+    ///         (p, SearchParams { algo: Algo::Sample, n: 2, seed: i as u64, max_new_tokens: 4, ..r.default_params() })
+    ///     })
+    ///     .collect();
+    /// let mut done = 0;
+    /// r.generate_many(&reqs, &mut |_i, result| {
+    ///     assert_eq!(result.unwrap().len(), 2);
+    ///     done += 1;
+    /// })?;
+    /// assert_eq!(done, 3);
+    /// # Ok::<(), rear::Error>(())
+    /// ```
     pub fn generate_many(
         &mut self,
         requests: &[(Prompt, SearchParams)],
@@ -205,6 +225,19 @@ impl Rear {
 
     /// Log-probs of `response` after each context of `prompt`, and its score — the same numbers
     /// `generate` reports for that response.
+    ///
+    /// ```
+    /// # use rear::api::{Rear, LoadOptions};
+    /// # use rear::rear::Mixture;
+    /// # use rear::search::Prompt;
+    /// let mut r = Rear::load("tests/fixtures/llama_f32".as_ref(), &LoadOptions::default())?;
+    /// let prompt = Prompt { contexts: vec![vec![442, 87, 85], vec![442]], mixture: Mixture::Guided { lambdas: vec![3.0] } };
+    /// let s = r.score(&prompt, &[70, 207, 384])?;
+    /// let (pref, base) = (s.logprob_contexts[0], s.logprob_contexts[1]);
+    /// assert!((s.score - (3.0 * pref - 2.0 * base)).abs() < 1e-3);
+    /// assert_eq!(s.token_logprobs[0].len(), 3);
+    /// # Ok::<(), rear::Error>(())
+    /// ```
     pub fn score(&mut self, prompt: &Prompt, response: &[u32]) -> Result<ScoreResult> {
         if response.is_empty() {
             return Err(Error::Input("empty response: nothing to score".into()));
