@@ -1037,5 +1037,432 @@ def main():
     print("bad/ written")
 
 
+
+# ----------------------------------------------------------------------------------------------
+# 5. GGUF (python3 scripts/make_fixtures.py --gguf [--smollm FILE.gguf])
+# ----------------------------------------------------------------------------------------------
+#
+# A separate run that leaves everything above untouched. It writes
+#   tests/fixtures/gguf/types.gguf, types_golden.json      one tensor per supported type (odd row
+#       counts) and one metadata value of every kind; golden = gguf.quants.dequantize, as f32 bits
+#   tests/fixtures/gguf/tiny_llama.gguf, tiny_llama_golden.json   a tiny random llama written the
+#       way llama.cpp writes one (q/k rows permuted, mixed tensor types, byte-level BPE tokenizer
+#       with pre "llama-bpe", BOS added, chat template); goldens from transformers loading the GGUF
+#   tests/fixtures/gguf/tiny_tok_smollm.gguf, tiny_tok_smollm_golden.json   the same tokenizer
+#       with pre "smollm" and no BOS, metadata only; encode goldens from transformers
+#   tests/fixtures/smollm2/golden.json   SmolLM2-135M-Instruct (the default model, not committed)
+#       loaded by transformers from its GGUF: chat ids, encodes, log-probs, greedy, guided greedy
+# transformers needs `accelerate` to load a GGUF model.
+
+GGUF_DIR = os.path.join(FIX, "gguf")
+SMOL_DIR = os.path.join(FIX, "smollm2")
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def f32_bits(a):
+    import numpy as np
+
+    return [int(x) for x in np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint32)]
+
+
+def write_types_gguf():
+    import numpy as np
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    path = os.path.join(GGUF_DIR, "types.gguf")
+    rng = np.random.default_rng(4242)
+    w = gguf.GGUFWriter(path, arch="rear-test")
+    # One metadata value of every kind.
+    w.add_uint8("rear.test.u8", 200)
+    w.add_int8("rear.test.i8", -100)
+    w.add_uint16("rear.test.u16", 60000)
+    w.add_int16("rear.test.i16", -30000)
+    w.add_uint32("rear.test.u32", 4000000000)
+    w.add_int32("rear.test.i32", -2000000000)
+    w.add_uint64("rear.test.u64", 18000000000000000000)
+    w.add_int64("rear.test.i64", -9000000000000000000)
+    w.add_float32("rear.test.f32", 0.1)
+    w.add_float64("rear.test.f64", -2.5e-300)
+    w.add_bool("rear.test.bool", True)
+    w.add_string("rear.test.string", "Ahoy, 世界! 🦜")
+    w.add_array("rear.test.strings", ["a", "", "bc", "Ġthe"])
+    w.add_array("rear.test.ints", [1, -2, 3])
+    w.add_array("rear.test.floats", [0.5, -1.25])
+    w.add_array("rear.test.nested", [[1, 2], [3]])
+    golden = {"metadata": {"rear.test.u8": 200, "rear.test.i8": -100, "rear.test.u16": 60000,
+                           "rear.test.i16": -30000, "rear.test.u32": 4000000000, "rear.test.i32": -2000000000,
+                           "rear.test.u64": 18000000000000000000, "rear.test.i64": -9000000000000000000,
+                           "rear.test.f32_bits": f32_bits(np.float32(0.1))[0], "rear.test.f64": -2.5e-300,
+                           "rear.test.bool": True, "rear.test.string": "Ahoy, 世界! 🦜",
+                           "rear.test.strings": ["a", "", "bc", "Ġthe"]},
+              "tensors": []}
+    # (name, type, HF shape [rows..., row_len]); odd row counts, a 3-D one, and values that exercise
+    # f16 subnormals, bf16 rounding, negative scales and all-equal blocks.
+    specs = [
+        ("t_f32", Q.F32, (3, 8)),
+        ("t_f16", Q.F16, (5, 16)),
+        ("t_bf16", Q.BF16, (3, 24)),
+        ("t_q8_0", Q.Q8_0, (5, 64)),
+        ("t_q4_0", Q.Q4_0, (3, 96)),
+        ("t_q4_1", Q.Q4_1, (7, 32)),
+        ("t_q4_1_3d", Q.Q4_1, (3, 5, 64)),
+    ]
+    for name, qt, shape in specs:
+        x = (rng.standard_normal(shape) * 2.0).astype(np.float32)
+        flat = x.reshape(-1)
+        flat[:3] = [0.0, -0.0, 6.1e-6]  # zeros and an f16 subnormal
+        if qt in (Q.Q8_0, Q.Q4_0, Q.Q4_1):
+            flat[32:64] = 0.75  # one constant block (d = 0 for Q4_1)
+        if qt == Q.F32:
+            data = x
+        elif qt == Q.F16:
+            data = x.astype(np.float16)
+        else:
+            data = gguf.quants.quantize(x, qt)
+        w.add_tensor(name, data, raw_dtype=None if qt in (Q.F32, Q.F16) else qt)
+        deq = gguf.quants.dequantize(data if qt not in (Q.F32, Q.F16) else data.view(np.uint8).reshape(*shape[:-1], -1), qt)
+        assert deq.shape == shape, (name, deq.shape)
+        golden["tensors"].append({"name": name, "type": qt.name, "shape": list(shape), "bits": f32_bits(deq)})
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # The gguf package reads it back the same.
+    r = gguf.GGUFReader(path)
+    for t, g in zip(r.tensors, golden["tensors"]):
+        assert t.name == g["name"] and f32_bits(gguf.quants.dequantize(t.data, t.tensor_type)) == g["bits"], t.name
+    write_json(os.path.join(GGUF_DIR, "types_golden.json"), golden, indent=None)
+    print(f"types.gguf: {os.path.getsize(path)} bytes, {len(specs)} tensors")
+
+
+def llama_cpp_permute(w, n_head):
+    """convert_hf_to_gguf.py LlamaModel.permute: HF rotate-half rows -> ggml interleaved rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tokenizer_kv(w, tok, pre, add_bos, bos, eos, pad, template, user_defined=()):
+    """The tokenizer.* keys llama.cpp writes for a byte-level BPE tokenizer."""
+    vocab = tok.get_vocab()
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    specials = set(TRAINED_SPECIALS + ADDED_SPECIALS)
+    types = [4 if t in user_defined else 3 if t in specials else 1 for t in tokens]
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", pre)
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.token_type", types)
+    w.add_array("tokenizer.ggml.merges", merges)
+    w.add_uint32("tokenizer.ggml.bos_token_id", vocab[bos])
+    w.add_uint32("tokenizer.ggml.eos_token_id", vocab[eos])
+    w.add_uint32("tokenizer.ggml.padding_token_id", vocab[pad])
+    w.add_bool("tokenizer.ggml.add_bos_token", add_bos)
+    if template is not None:
+        w.add_string("tokenizer.chat_template", template)
+
+
+GGUF_ENCODE_TEXTS = ENCODE_TEXTS + [
+    "What is the capital of France?",
+    "<start_of_turn>user\nhi<end_of_turn>",
+    "Hello\n\n\n   world  !!  123456789 it's",
+]
+
+TINY = dict(hidden=64, inter=96, layers=2, heads=4, kv_heads=2, head_dim=16, ctx=256, theta=10000.0, eps=1e-5)
+# Tensor type per (layer, GGUF name): every supported type in both layers' matrices.
+TINY_TYPES = [
+    {"attn_q": "Q4_0", "attn_k": "Q8_0", "attn_v": "F16", "attn_output": "BF16",
+     "ffn_gate": "Q4_1", "ffn_up": "F32", "ffn_down": "Q4_0"},
+    {"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q8_0", "attn_output": "Q4_0",
+     "ffn_gate": "F16", "ffn_up": "BF16", "ffn_down": "Q8_0"},
+]
+
+
+def gguf_quant(x, type_name):
+    import numpy as np
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    qt = Q[type_name]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if qt == Q.F32:
+        return x, None
+    if qt == Q.F16:
+        return x.astype(np.float16), None
+    return gguf.quants.quantize(x, qt), qt
+
+
+def write_tiny_llama_gguf(seed):
+    import gguf
+
+    c = TINY
+    V = TOK.get_vocab_size()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=c["hidden"], intermediate_size=c["inter"],
+                      num_hidden_layers=c["layers"], num_attention_heads=c["heads"],
+                      num_key_value_heads=c["kv_heads"], head_dim=c["head_dim"],
+                      max_position_embeddings=c["ctx"], rms_norm_eps=c["eps"],
+                      rope_parameters={"rope_type": "default", "rope_theta": c["theta"]},
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    randomize(model, seed)
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    path = os.path.join(GGUF_DIR, "tiny_llama.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny llama")
+    w.add_uint32("llama.context_length", c["ctx"])
+    w.add_uint32("llama.embedding_length", c["hidden"])
+    w.add_uint32("llama.block_count", c["layers"])
+    w.add_uint32("llama.feed_forward_length", c["inter"])
+    w.add_uint32("llama.rope.dimension_count", c["head_dim"])
+    w.add_uint32("llama.attention.head_count", c["heads"])
+    w.add_uint32("llama.attention.head_count_kv", c["kv_heads"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", c["eps"])
+    w.add_float32("llama.rope.freq_base", c["theta"])
+    w.add_uint32("llama.vocab_size", V)
+    w.add_uint32("general.file_type", 3)
+    gguf_tokenizer_kv(w, TOK, "llama-bpe", True, "<|begin_of_text|>", "<|im_end|>", "<|endoftext|>",
+                      LLAMA3_TEMPLATE, user_defined=("<start_of_turn>",))
+    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"], "Q8_0")]
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+        tensors.append((f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], "F32"))
+        for gname, hname in hf.items():
+            x = sd[p + hname + ".weight"]
+            if gname == "attn_q":
+                x = llama_cpp_permute(x, c["heads"])
+            elif gname == "attn_k":
+                x = llama_cpp_permute(x, c["kv_heads"])
+            tensors.append((f"blk.{i}.{gname}.weight", x, TINY_TYPES[i][gname]))
+        tensors.append((f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "F32"))
+    tensors.append(("output_norm.weight", sd["model.norm.weight"], "F32"))
+    tensors.append(("output.weight", sd["lm_head.weight"], "Q4_1"))
+    for name, x, t in tensors:
+        data, raw = gguf_quant(x, t)
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_tok_gguf():
+    import gguf
+
+    path = os.path.join(GGUF_DIR, "tiny_tok_smollm.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny tokenizer")
+    gguf_tokenizer_kv(w, TOK, "smollm", False, "<|im_start|>", "<|im_end|>", "<|im_end|>",
+                      CHATML_DEFAULT_SYSTEM_TEMPLATE)
+    w.add_uint32("tokenizer.ggml.unknown_token_id", TOK.token_to_id("<|endoftext|>"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def load_gguf_hf(path, model=True):
+    d, f = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    if not model:
+        return None, tok
+    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    return m, tok
+
+
+def gguf_encode_golden(tok):
+    res = []
+    for text in GGUF_ENCODE_TEXTS:
+        for flag in (True, False):
+            res.append({"text": text, "add_special_tokens": flag, "ids": tok(text, add_special_tokens=flag)["input_ids"]})
+    ids = tok("<|im_start|>assistant\nArr, Paris it be! 🦜<|im_end|>", add_special_tokens=False)["input_ids"]
+    dec = [{"ids": ids, "skip_special_tokens": s, "text": tok.decode(ids, skip_special_tokens=s)} for s in (True, False)]
+    return res, dec
+
+
+GGUF_CHAT_CASES = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Always answer like a pirate."},
+     {"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer concisely."},
+     {"role": "user", "content": "How many legs does a spider have?"}],
+    [{"role": "user", "content": "Tell me a joke!"},
+     {"role": "assistant", "content": "Why did the pirate go to school? To improve his arrrr-ticulation."},
+     {"role": "user", "content": "Another one, please."}],
+    [{"role": "user", "content": "  Ça va? 🏴‍☠️ Arr!\nLine two:\n\tindented — “quotes” 日本語 ñ  \n"}],
+]
+
+
+def gguf_chat_golden(tok):
+    res = []
+    for msgs in GGUF_CHAT_CASES:
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        ids = chat_ids(tok, msgs)
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+        res.append({"messages": msgs, "add_generation_prompt": True, "text": text, "ids": ids})
+    return res
+
+
+def pref_base_ids(tok, pref, q):
+    return (chat_ids(tok, [{"role": "system", "content": pref}, {"role": "user", "content": q}]),
+            chat_ids(tok, [{"role": "user", "content": q}]))
+
+
+@torch.no_grad()
+def gguf_model_goldens(model, tok, cases, eos_ids):
+    """logprobs / greedy / cfg goldens with the top1-top2 gap of every argmax decision."""
+    gaps = []
+    out = {"logprobs": [], "greedy": [], "cfg": []}
+    for prompt_ids, response_ids in cases["logprobs"]:
+        lp = all_logprobs(model, prompt_ids + response_ids)
+        n = len(prompt_ids)
+        tl = [float(lp[n - 1 + i, t]) for i, t in enumerate(response_ids)]
+        out["logprobs"].append({"prompt_ids": prompt_ids, "response_ids": response_ids, "token_logprobs": tl})
+    for prompt_ids, max_new, ignore_eos in cases["greedy"]:
+        toks, logits = hf_greedy(model, prompt_ids, max_new, [NEVER_EOS] if ignore_eos else eos_ids)
+        for i, l in enumerate(logits):
+            gaps.append(top_gap(torch.log_softmax(l.float(), -1)))
+            assert int(torch.argmax(l)) == toks[i]
+        reason = "eos" if toks and toks[-1] in eos_ids and not ignore_eos else "length"
+        out["greedy"].append({"prompt_ids": prompt_ids, "max_new_tokens": max_new, "ignore_eos": ignore_eos,
+                              "eos_token_ids": eos_ids, "token_ids": toks, "finish_reason": reason})
+    for prompt_ids, base_ids, lam, max_new in cases["cfg"]:
+        g = gen_cfg(max_new_tokens=max_new, eos_token_id=[NEVER_EOS], guidance_scale=lam)
+        o = model.generate(input_ids=torch.tensor([prompt_ids]),
+                           attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                           negative_prompt_ids=torch.tensor([base_ids]), generation_config=g,
+                           return_dict_in_generate=True, output_scores=True)
+        toks = o.sequences[0, len(prompt_ids):].tolist()
+        assert len(toks) == max_new
+        y = []
+        for i in range(max_new):
+            lp = last_logprobs(model, prompt_ids + y)
+            lb = last_logprobs(model, base_ids + y)
+            s = lb + lam * (lp - lb)
+            gaps.append(top_gap(s))
+            assert torch.allclose(o.scores[i][0], s, atol=1e-3, rtol=1e-4)
+            y.append(int(torch.argmax(s)))
+        assert y == toks, (y, toks)
+        out["cfg"].append({"prompt_ids": prompt_ids, "base_ids": base_ids, "lambda": lam, "max_new_tokens": max_new,
+                           "token_ids": toks})
+    return out, gaps
+
+
+def make_tiny_llama_golden():
+    global NEVER_EOS
+    NEVER_EOS = TOK.get_vocab_size() + 1000
+    for attempt in range(50):
+        seed = 7007 + attempt
+        path = write_tiny_llama_gguf(seed)
+        model, tok = load_gguf_hf(path)
+        assert tok.bos_token == "<|begin_of_text|>" and tok("hi")["input_ids"][0] == tok.bos_token_id
+        enc = lambda t, sp=True: tok(t, add_special_tokens=sp)["input_ids"]
+        pA, bA = pref_base_ids(tok, "Talk like a pirate.", "Tell me about France.")
+        pB, bB = pref_base_ids(tok, "Answer concisely.", "What is the capital of France?")
+        resp = enc(" the crew found a chest of gold coins in Paris.", False)[:20]
+        cases = {
+            "logprobs": [(enc("The pirate ship sailed to France and"), resp), (pA, resp)],
+            "greedy": [(bA, 24, True), (enc("Once upon a time, the pirate"), 16, True)],
+            "cfg": [(pA, bA, 3.0, 16), (pB, bB, 0.5, 16)],
+        }
+        out, gaps = gguf_model_goldens(model, tok, cases, [tok.eos_token_id])
+        if min(gaps) > SEARCH_GAP:
+            break
+        print(f"tiny_llama: seed {seed} rejected: min gap {min(gaps):.6f}")
+    else:
+        sys.exit("tiny_llama: no seed found")
+    enc_g, dec_g = gguf_encode_golden(tok)
+    golden = {"model": "tiny_llama.gguf", "seed": seed, "min_gap": min(gaps), "num_gap_checks": len(gaps),
+              "transformers_version": transformers.__version__, "torch_version": torch.__version__}
+    golden.update(out)
+    golden["chat"] = gguf_chat_golden(tok)
+    golden["encode"] = enc_g
+    golden["decode"] = dec_g
+    write_golden(os.path.join(GGUF_DIR, "tiny_llama_golden.json"), golden)
+    print(f"tiny_llama.gguf: {os.path.getsize(path)} bytes, seed {seed}, min_gap {min(gaps):.5f}")
+
+    tpath = write_tiny_tok_gguf()
+    _, ttok = load_gguf_hf(tpath, model=False)
+    enc_g, dec_g = gguf_encode_golden(ttok)
+    write_golden(os.path.join(GGUF_DIR, "tiny_tok_smollm_golden.json"),
+                 {"model": "tiny_tok_smollm.gguf", "chat": gguf_chat_golden(ttok), "encode": enc_g, "decode": dec_g})
+    print(f"tiny_tok_smollm.gguf: {os.path.getsize(tpath)} bytes")
+
+
+def default_smollm_path():
+    """Where rear caches the default model (src/model/fetch.rs cache_dir)."""
+    env = lambda k: os.environ.get(k) or None
+    if env("REAR_HOME"):
+        d = env("REAR_HOME")
+    elif env("XDG_CACHE_HOME"):
+        d = os.path.join(env("XDG_CACHE_HOME"), "rear")
+    else:
+        d = os.path.join(os.path.expanduser("~"), ".cache", "rear")
+    return os.path.join(d, SMOL_FILE)
+
+
+SMOL_PREF = "Always answer like a pirate."
+SMOL_Q = "What is the capital of France?"
+
+
+def make_smollm_golden(path):
+    global NEVER_EOS
+    model, tok = load_gguf_hf(path)
+    NEVER_EOS = model.config.vocab_size + 1000
+    eos = [tok.eos_token_id]
+    pref, base = pref_base_ids(tok, SMOL_PREF, SMOL_Q)
+    resp_text = ("Arr, matey! The capital of France be Paris, a grand port where the Seine flows "
+                 "and many a sailor drinks his rum under the great iron tower, savvy?")
+    resp = tok(resp_text, add_special_tokens=False)["input_ids"][:32]
+    assert len(resp) == 32
+    story = chat_ids(tok, [{"role": "user", "content": "Write a short story about a pirate and a parrot."}])
+    cases = {
+        "logprobs": [(pref, resp), (base, resp)],
+        "greedy": [(story, 32, True), (pref, 32, False), (base, 32, False)],
+        "cfg": [(pref, base, 3.0, 24)],
+    }
+    out, gaps = gguf_model_goldens(model, tok, cases, eos)
+    enc_g, dec_g = gguf_encode_golden(tok)
+    golden = {"model": SMOL_FILE, "preference": SMOL_PREF, "question": SMOL_Q,
+              "min_gap": min(gaps), "num_gap_checks": len(gaps),
+              "transformers_version": transformers.__version__, "torch_version": torch.__version__}
+    golden.update(out)
+    golden["chat"] = gguf_chat_golden(tok)
+    golden["encode"] = enc_g
+    golden["decode"] = dec_g
+    os.makedirs(SMOL_DIR, exist_ok=True)
+    write_golden(os.path.join(SMOL_DIR, "golden.json"), golden)
+    for c in golden["greedy"] + golden["cfg"]:
+        print("  ", repr(tok.decode(c["token_ids"])))
+    print(f"smollm2/golden.json: min_gap {min(gaps):.5f} over {len(gaps)} decisions")
+
+
+def main_gguf(argv):
+    global TOK
+    smol = default_smollm_path()
+    if "--smollm" in argv:
+        smol = argv[argv.index("--smollm") + 1]
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    os.makedirs(GGUF_DIR, exist_ok=True)
+    TOK = train_base_tokenizer()
+    write_types_gguf()
+    make_tiny_llama_golden()
+    if os.path.isfile(smol):
+        make_smollm_golden(smol)
+    else:
+        print(f"smollm2: {smol} not found (run rear once, or pass --smollm FILE.gguf); golden not rewritten")
+
+
 if __name__ == "__main__":
-    main()
+    if "--gguf" in sys.argv[1:]:
+        main_gguf(sys.argv[1:])
+    else:
+        main()

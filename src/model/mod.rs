@@ -2,6 +2,8 @@
 //! template, gathered by `Model::load`.
 pub mod chat;
 pub mod config;
+pub mod fetch;
+pub mod gguf;
 pub mod tensor;
 pub mod tokenizer;
 pub mod weights;
@@ -22,19 +24,20 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a Hugging Face model directory.
+    /// Loads a Hugging Face model directory, a GGUF file, or the default model by name
+    /// (`smollm2-135m-instruct`, fetched into the cache on first use: see [`fetch`]).
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
+            if let Some(name) = path.to_str().filter(|s| fetch::is_default_name(s)) {
+                return gguf::load_model(&fetch::resolve_model(Some(name))?);
+            }
             return Err(Error::Input(format!(
                 "model path {} does not exist",
                 path.display()
             )));
         }
         if !path.is_dir() {
-            return Err(Error::Input(format!(
-                "model path {} is not a directory",
-                path.display()
-            )));
+            return gguf::load_model(path);
         }
         let config = ModelConfig::from_model_dir(path)?;
         let tensors = weights::load_dir_tensors(path)?;
