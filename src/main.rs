@@ -234,10 +234,7 @@ fn load(m: &ModelArgs) -> Result<Rear> {
 }
 
 fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
-    match arg {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => bail!("no --model given"),
-    }
+    Ok(rear::model::fetch::resolve_model(arg)?)
 }
 
 impl ContextArgs {
