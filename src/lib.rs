@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backend;
 pub mod batch;
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod kv;

@@ -28,6 +28,8 @@ enum Cmd {
     Score(ScoreArgs),
     /// Show the exact token ids and text of the contexts generate would build.
     Tokenize(TokenizeArgs),
+    /// Time a fixed decoding job: prefill, decode steps against the memory floor, guided vs single.
+    Bench(rear::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -205,6 +207,7 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Score(a) => score(a),
         Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Bench(a) => bench(a),
     };
     if let Err(e) = r {
         let msg = format!("{e:#}").replace('\n', " ");
@@ -430,6 +433,10 @@ fn rendered_text(rear: &Rear, a: &TokenizeArgs, i: usize) -> Option<String> {
     } else {
         prefs.into_iter().nth(i).map(|p| p.0)
     }
+}
+
+fn bench(a: rear::bench::BenchArgs) -> Result<()> {
+    Ok(rear::bench::main(&a)?)
 }
 
 fn batch(a: GenerateArgs) -> Result<()> {

@@ -1,6 +1,10 @@
 //! The CPU backend: the engine's reference implementation of `Backend` (and the oracle of the
-//! CUDA backend). Weights stay as stored and are decoded to f32 tile by tile inside the matmul;
-//! every weight is read once per step for all rows; parallel over output features (rayon).
+//! CUDA backend). Weights stay as stored and are decoded to f32 in registers inside the matmul
+//! (SIMD kernels chosen at run time, `matmul.rs`); every weight is read once per step for all
+//! rows; parallel over output features (rayon's global pool). Projections that read the same
+//! input (q/k/v, gate/up) run as one parallel pass; the step loop allocates nothing once its
+//! buffers have grown.
+pub mod matmul;
 pub mod ops;
 
 use crate::backend::{Backend, Norm, StepLayout};
@@ -52,6 +56,9 @@ struct CpuScratch {
     up: Vec<f32>,
     normed: Vec<f32>,
     tmp: Vec<f32>,
+    /// RoPE `(cos, sin)` per row and frequency for the positions in `rope_pos`.
+    rope_cs: Vec<(f32, f32)>,
+    rope_pos: Vec<u32>,
 }
 
 /// Per-layer K and V block storage: `[blocks · block_size, kv_heads · head_dim]` each.
@@ -141,12 +148,18 @@ impl Backend for CpuBackend {
         let h = w.cfg.hidden_size;
         x.shape(tokens.len(), h);
         let emb = &w.w.embed;
-        x.data
-            .par_chunks_mut(h)
-            .zip(tokens.par_iter())
-            .for_each(|(row, &t)| {
+        if tokens.len() < 16 {
+            for (row, &t) in x.data.chunks_mut(h).zip(tokens) {
                 emb.decode_row(t as usize, row);
-            });
+            }
+        } else {
+            x.data
+                .par_chunks_mut(h)
+                .zip(tokens.par_iter())
+                .for_each(|(row, &t)| {
+                    emb.decode_row(t as usize, row);
+                });
+        }
         Ok(())
     }
 
@@ -178,25 +191,44 @@ impl Backend for CpuBackend {
         s.q.resize(rows * qd, 0.0);
         s.k.resize(rows * kvd, 0.0);
         s.v.resize(rows * kvd, 0.0);
-        ops::matmul(&x.data, rows, &lw.q, &mut s.q, &mut s.tmp);
-        ops::matmul(&x.data, rows, &lw.k, &mut s.k, &mut s.tmp);
-        ops::matmul(&x.data, rows, &lw.v, &mut s.v, &mut s.tmp);
+        matmul::matmul_many(
+            &x.data,
+            rows,
+            &mut [
+                matmul::Job { lin: &lw.q, out: &mut s.q },
+                matmul::Job { lin: &lw.k, out: &mut s.k },
+                matmul::Job { lin: &lw.v, out: &mut s.v },
+            ],
+        );
         let (qn, kn) = (&w.q_norms[layer], &w.k_norms[layer]);
         let eps = cfg.rms_norm_eps;
         let inv = &w.inv_freq;
-        for (buf, norm) in [(&mut s.q, qn), (&mut s.k, kn)] {
-            if !norm.is_empty() {
-                buf.par_chunks_mut(d)
-                    .for_each(|head| ops::rms_norm_inplace(head, norm, eps));
+        let half = inv.len();
+        if s.rope_pos != layout.positions {
+            s.rope_pos.clear();
+            s.rope_pos.extend_from_slice(&layout.positions);
+            s.rope_cs.resize(rows * half, (0.0, 0.0));
+            for (cs, &p) in s.rope_cs.chunks_mut(half.max(1)).zip(&layout.positions) {
+                ops::rope_table(p, inv, cs);
             }
         }
         let (hq, hk) = (cfg.num_heads, cfg.num_kv_heads);
-        s.q.par_chunks_mut(d).enumerate().for_each(|(i, head)| {
-            ops::rope(head, layout.positions[i / hq], inv);
-        });
-        s.k.par_chunks_mut(d).enumerate().for_each(|(i, head)| {
-            ops::rope(head, layout.positions[i / hk], inv);
-        });
+        let cs = &s.rope_cs;
+        let small = rows < 8;
+        for (buf, norm, heads) in [(&mut s.q, qn, hq), (&mut s.k, kn, hk)] {
+            let head = |(i, v): (usize, &mut [f32])| {
+                if !norm.is_empty() {
+                    ops::rms_norm_inplace(v, norm, eps);
+                }
+                let r = i / heads;
+                ops::rope_cs(v, &cs[r * half..(r + 1) * half]);
+            };
+            if small {
+                buf.chunks_mut(d).enumerate().for_each(head);
+            } else {
+                buf.par_chunks_mut(d).enumerate().for_each(head);
+            }
+        }
         let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);
         for r in 0..rows {
             let slot = layout.slot(layout.row_seq[r] as usize, layout.positions[r] as usize);
@@ -225,8 +257,14 @@ impl Backend for CpuBackend {
         let s = &mut *guard;
         s.gate.resize(rows * im, 0.0);
         s.up.resize(rows * im, 0.0);
-        ops::matmul(&x.data, rows, &lw.gate, &mut s.gate, &mut s.tmp);
-        ops::matmul(&x.data, rows, &lw.up, &mut s.up, &mut s.tmp);
+        matmul::matmul_many(
+            &x.data,
+            rows,
+            &mut [
+                matmul::Job { lin: &lw.gate, out: &mut s.gate },
+                matmul::Job { lin: &lw.up, out: &mut s.up },
+            ],
+        );
         ops::swiglu(&mut s.gate, &s.up);
         out.shape(rows, w.cfg.hidden_size);
         ops::matmul(&s.gate, rows, &lw.down, &mut out.data, &mut s.tmp);

@@ -1,19 +1,15 @@
 //! The CPU reference kernels, one plain function per op family (the CUDA kernels of the same
 //! names are tested against these): matmul over stored-type weights, RMSNorm, RoPE, paged
-//! attention, SwiGLU. f32 arithmetic throughout; weights decoded row by row as they are read.
+//! attention, SwiGLU. f32 arithmetic throughout; weights decoded in registers as they are read
+//! (`matmul.rs`).
 use crate::backend::StepLayout;
 use crate::model::weights::Linear;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
-    static WBUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
-
-/// Output features computed per task: a tile of weight rows is decoded once and used by every
-/// input row, so each weight is read once per call whatever the number of rows.
-const TILE: usize = 16;
 
 /// f32 dot product with eight independent accumulators (vectorises without changing the
 /// summation order between calls).
@@ -38,51 +34,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out[r, j] = Σ_i x[r, i] · W[j, i] (+ b[j])` for `rows` rows; `x: [rows, in]`,
-/// `out: [rows, out]`, `tmp` is scratch (`[out, rows]`, the transposed result).
-pub fn matmul(x: &[f32], rows: usize, lin: &Linear, out: &mut [f32], tmp: &mut Vec<f32>) {
-    let (o, i) = (lin.out_features(), lin.in_features());
-    debug_assert_eq!(x.len(), rows * i);
-    debug_assert_eq!(out.len(), rows * o);
-    if rows == 0 {
-        return;
-    }
-    tmp.resize(o * rows, 0.0);
-    tmp.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let j0 = t * TILE;
-            let nj = chunk.len() / rows;
-            WBUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.resize(nj * i, 0.0);
-                for jj in 0..nj {
-                    lin.weight
-                        .decode_row(j0 + jj, &mut buf[jj * i..(jj + 1) * i]);
-                }
-                for r in 0..rows {
-                    let xr = &x[r * i..(r + 1) * i];
-                    for jj in 0..nj {
-                        chunk[jj * rows + r] = dot(xr, &buf[jj * i..(jj + 1) * i]);
-                    }
-                }
-            });
-        });
-    let bias = lin.bias.as_ref().map(|b| b.to_f32());
-    out.par_chunks_mut(o).enumerate().for_each(|(r, orow)| {
-        for j in 0..o {
-            orow[j] = tmp[j * rows + r];
-        }
-        if let Some(b) = &bias {
-            for (y, bj) in orow.iter_mut().zip(b) {
-                *y += bj;
-            }
-        }
-    });
+/// `out: [rows, out]`. Weights stay in their stored type and are decoded in registers; every
+/// weight is read once per call whatever the number of rows (see `matmul.rs`). `_tmp` is no
+/// longer used (kept for callers).
+pub fn matmul(x: &[f32], rows: usize, lin: &Linear, out: &mut [f32], _tmp: &mut Vec<f32>) {
+    debug_assert_eq!(x.len(), rows * lin.in_features());
+    debug_assert_eq!(out.len(), rows * lin.out_features());
+    super::matmul::matmul_many(x, rows, &mut [super::matmul::Job { lin, out }]);
 }
 
 /// RMSNorm of each `width`-row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)` (HF order).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
+    if out.len() < 16 * width {
+        // A decode step's few rows: not worth waking the thread pool.
+        for (o, xr) in out.chunks_mut(width).zip(x.chunks(width)) {
+            rms_norm_row(xr, weight, eps, o);
+        }
+        return;
+    }
     out.par_chunks_mut(width)
         .zip(x.par_chunks(width))
         .for_each(|(o, xr)| {
@@ -125,6 +95,28 @@ pub fn rope(v: &mut [f32], pos: u32, inv_freq: &[f32]) {
     }
 }
 
+/// The `(cos, sin)` pairs `rope` uses at position `pos` (one per frequency), computed the same
+/// way, so that `rope_cs` with them equals `rope`.
+#[inline]
+pub fn rope_table(pos: u32, inv_freq: &[f32], cs: &mut [(f32, f32)]) {
+    for (o, &f) in cs.iter_mut().zip(inv_freq) {
+        let ang = f * pos as f32;
+        let (s, c) = (ang as f64).sin_cos();
+        *o = (c as f32, s as f32);
+    }
+}
+
+/// `rope` with the position's `(cos, sin)` pairs precomputed by `rope_table`.
+#[inline]
+pub fn rope_cs(v: &mut [f32], cs: &[(f32, f32)]) {
+    let half = cs.len();
+    for (i, &(c, s)) in cs.iter().enumerate() {
+        let (a, b) = (v[i], v[i + half]);
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
 /// Geometry of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnDims {
@@ -140,6 +132,11 @@ pub struct AttnDims {
 /// `row_seq[r]`) and head, softmax over that sequence's cached keys `0..=pos` (within the
 /// window) of `q·k · scale`, times the values. `q: [rows, heads·d]`, caches `[slot, kv_heads·d]`,
 /// `out: [rows, heads·d]`.
+///
+/// The heads that share a KV head are done together, so each cached K/V row is read once per
+/// row of the step; work is split over (row, KV head) pairs. Each head's arithmetic is the same
+/// as one head alone (scores with `dot` in position order, one softmax, values summed in
+/// position order), whatever the batch.
 pub fn attention(
     q: &[f32],
     k_cache: &[f32],
@@ -150,45 +147,175 @@ pub fn attention(
 ) {
     let d = dims.head_dim;
     let group = dims.heads / dims.kv_heads;
-    let kvd = dims.kv_heads * d;
-    out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-        let (r, h) = (idx / dims.heads, idx % dims.heads);
-        let kh = h / group;
+    let rows = layout.rows();
+    if rows == 0 {
+        return;
+    }
+    let visible = |r: usize| {
         let pos = layout.positions[r] as usize;
-        let seq = layout.row_seq[r] as usize;
         let start = dims.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let qv = &q[r * dims.heads * d + h * d..][..d];
-        SCORES.with(|sc| {
-            let mut sc = sc.borrow_mut();
-            sc.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in start..=pos {
-                let slot = layout.slot(seq, p);
+        (start, pos)
+    };
+    let f = |idx: usize, o: &mut [f32]| {
+        let (r, kh) = (idx / dims.kv_heads, idx % dims.kv_heads);
+        let (start, pos) = visible(r);
+        let qs = &q[r * dims.heads * d + kh * group * d..][..group * d];
+        let blocks = &layout.seqs[layout.row_seq[r] as usize].blocks;
+        attend_group(
+            qs,
+            k_cache,
+            v_cache,
+            blocks,
+            layout.block_size,
+            start,
+            pos,
+            kh,
+            dims,
+            o,
+        );
+    };
+    let work: usize = (0..rows).map(|r| visible(r).1 + 1 - visible(r).0).sum::<usize>() * dims.heads * d;
+    if work < 1 << 16 {
+        out.chunks_mut(group * d).enumerate().for_each(|(i, o)| f(i, o));
+    } else {
+        out.par_chunks_mut(group * d).enumerate().for_each(|(i, o)| f(i, o));
+    }
+}
+
+/// Attention of the `group` query heads `qs` (`[group, d]`) that share KV head `kh`, over
+/// positions `start..=pos` of one sequence, into `o` (`[group, d]`).
+#[allow(clippy::too_many_arguments)]
+fn attend_group(
+    qs: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    blocks: &[u32],
+    bs: usize,
+    start: usize,
+    pos: usize,
+    kh: usize,
+    dims: AttnDims,
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::matmul::{isa, Isa};
+        match isa() {
+            // SAFETY: the instruction set was detected at run time.
+            Isa::Avx512 => unsafe {
+                return attend_group_avx512(qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o);
+            },
+            Isa::Avx2 => unsafe {
+                return attend_group_avx2(qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o);
+            },
+            Isa::Scalar => {}
+        }
+    }
+    attend_group_body(qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_avx512(
+    qs: &[f32], k: &[f32], v: &[f32], b: &[u32], bs: usize, s: usize, p: usize, kh: usize, dims: AttnDims, o: &mut [f32],
+) {
+    attend_group_body(qs, k, v, b, bs, s, p, kh, dims, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_avx2(
+    qs: &[f32], k: &[f32], v: &[f32], b: &[u32], bs: usize, s: usize, p: usize, kh: usize, dims: AttnDims, o: &mut [f32],
+) {
+    attend_group_body(qs, k, v, b, bs, s, p, kh, dims, o)
+}
+
+/// Plain Rust (no fused multiply-add), compiled once per instruction set by the wrappers above:
+/// the vector width changes, the results do not.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_body(
+    qs: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    blocks: &[u32],
+    bs: usize,
+    start: usize,
+    pos: usize,
+    kh: usize,
+    dims: AttnDims,
+    o: &mut [f32],
+) {
+    let d = dims.head_dim;
+    let group = qs.len() / d;
+    let kvd = dims.kv_heads * d;
+    let n = pos + 1 - start;
+    SCORES.with(|sc| {
+        let mut sc = sc.borrow_mut();
+        sc.resize(group * n, 0.0);
+        // Scores `[group][n]`, each cached key row read once for the whole group.
+        let mut p = start;
+        while p <= pos {
+            let base = blocks[p / bs] as usize * bs;
+            let end = (p / bs * bs + bs).min(pos + 1);
+            for pp in p..end {
+                let slot = base + pp % bs;
                 let kv = &k_cache[slot * kvd + kh * d..][..d];
-                let s = dot(qv, kv) * dims.scale;
-                max = max.max(s);
-                sc.push(s);
+                for g in 0..group {
+                    sc[g * n + pp - start] = dot(&qs[g * d..(g + 1) * d], kv) * dims.scale;
+                }
             }
+            p = end;
+        }
+        let mut inv = [0f32; 64];
+        let mut big = Vec::new();
+        let inv: &mut [f32] = if group <= 64 {
+            &mut inv[..group]
+        } else {
+            big.resize(group, 0.0);
+            &mut big
+        };
+        for g in 0..group {
+            let row = &mut sc[g * n..(g + 1) * n];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for s in sc.iter_mut() {
+            for s in row.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            o.fill(0.0);
-            for (p, &e) in (start..=pos).zip(sc.iter()) {
-                let slot = layout.slot(seq, p);
+            inv[g] = sum;
+        }
+        o.fill(0.0);
+        let mut p = start;
+        while p <= pos {
+            let base = blocks[p / bs] as usize * bs;
+            let end = (p / bs * bs + bs).min(pos + 1);
+            for pp in p..end {
+                let slot = base + pp % bs;
                 let vv = &v_cache[slot * kvd + kh * d..][..d];
-                let wgt = e / sum;
-                for (y, &x) in o.iter_mut().zip(vv) {
-                    *y += wgt * x;
+                for g in 0..group {
+                    let wgt = sc[g * n + pp - start] / inv[g];
+                    for (y, &x) in o[g * d..(g + 1) * d].iter_mut().zip(vv) {
+                        *y += wgt * x;
+                    }
                 }
             }
-        });
+            p = end;
+        }
     });
 }
 
 /// `gate[i] = silu(gate[i]) · up[i]` (in place into `gate`).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    if gate.len() <= 16384 {
+        for (a, &b) in gate.iter_mut().zip(up) {
+            let s = *a / (1.0 + (-*a).exp());
+            *a = s * b;
+        }
+        return;
+    }
     gate.par_chunks_mut(4096)
         .zip(up.par_chunks(4096))
         .for_each(|(g, u)| {
