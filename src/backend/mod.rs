@@ -6,6 +6,7 @@ use crate::model::config::ModelConfig;
 use crate::model::weights::ModelWeights;
 
 pub mod cpu;
+pub mod cuda;
 
 /// One sequence's block table for a step: its KV for position `p` lives in block
 /// `blocks[p / block_size]`, slot `p % block_size`.

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Parity of `rear ... --device cuda` with transformers running on the same GPU (issue 5).
+
+For a few fixture models (tests/fixtures), using the prompts of their golden.json:
+  - per-token log-probs of a given response: `rear score --device cuda` vs transformers
+    (float32 compute, TF32 off), within 1e-4 (f32-stored) / 2e-3 (bf16/f16-stored);
+  - greedy continuation (EOS ignored) and guided greedy (CFG: base + λ·(pref − base) over
+    log-softmax): `rear generate --device cuda` tokens equal to transformers' argmax loop.
+Prints one line per case and a final `PARITY: n/m cases ok` line; exit 1 on any mismatch.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+MODELS = ["llama_f32", "qwen3_f32", "llama3_bf16_tied", "qwen2_bf16", "mistral_f16_sharded"]
+
+
+def tol(name):
+    return 1e-4 if ("f32" in name or "legacy" in name) else 2e-3
+
+
+def rear(binary, *args):
+    p = subprocess.run([binary, *args], capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr.strip()
+
+
+def ids_arg(ids):
+    return ",".join(str(i) for i in ids)
+
+
+@torch.no_grad()
+def hf_logprobs(model, prompt, response):
+    ids = torch.tensor([prompt + response], device="cuda")
+    lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return [lp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(response)]
+
+
+@torch.no_grad()
+def hf_greedy(model, contexts, lam, n):
+    """Argmax of the REAR / CFG score, recomputing each context's full sequence every step."""
+    out = []
+    for _ in range(n):
+        lps = []
+        for c in contexts:
+            ids = torch.tensor([c + out], device="cuda")
+            lps.append(torch.log_softmax(model(ids).logits[0, -1].float(), dim=-1))
+        s = lps[0] if len(lps) == 1 else lps[1] + lam * (lps[0] - lps[1])
+        out.append(int(torch.argmax(s).item()))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rear", required=True)
+    ap.add_argument("--fixtures", default="tests/fixtures")
+    ap.add_argument("--models", default=",".join(MODELS))
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ok = total = 0
+    for name in a.models.split(","):
+        d = os.path.join(a.fixtures, name)
+        g = json.load(open(os.path.join(d, "golden.json")))
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).cuda().eval()
+        t = tol(name)
+        for case in g["logprobs"]:
+            total += 1
+            want = hf_logprobs(model, case["prompt_ids"], case["response_ids"])
+            rc, out, err = rear(a.rear, "score", "--model", d, "--device", "cuda", "--json",
+                                "--prompt-ids", ids_arg(case["prompt_ids"]),
+                                "--response-ids", ids_arg(case["response_ids"]))
+            if rc != 0:
+                print(f"FAIL {name} score: rear exit {rc}: {err}")
+                continue
+            got = json.loads(out)["token_logprobs_pref"]
+            worst = max(abs(x - y) for x, y in zip(got, want))
+            good = worst <= t and len(got) == len(want)
+            ok += good
+            print(f"{'ok  ' if good else 'FAIL'} {name} log-probs: max |Δ| {worst:.2e} (tolerance {t:g})")
+        for case in g["greedy"] + g["cfg"]:
+            total += 1
+            n = case["max_new_tokens"]
+            guided = "base_ids" in case
+            ctx = [case["prompt_ids"]] + ([case["base_ids"]] if guided else [])
+            lam = case.get("lambda", 1.0)
+            want = hf_greedy(model, ctx, lam, n)
+            args = ["generate", "--model", d, "--device", "cuda", "--json", "--ignore-eos",
+                    "--max-new-tokens", str(n), "--prompt-ids", ids_arg(case["prompt_ids"])]
+            if guided:
+                args += ["--base-prompt-ids", ids_arg(case["base_ids"]), "--lambda", str(lam)]
+            rc, out, err = rear(a.rear, *args)
+            what = f"guided greedy λ={lam}" if guided else "greedy"
+            if rc != 0:
+                print(f"FAIL {name} {what}: rear exit {rc}: {err}")
+                continue
+            got = json.loads(out.splitlines()[0])["token_ids"]
+            good = got == want
+            ok += good
+            print(f"{'ok  ' if good else 'FAIL'} {name} {what}: rear {got} transformers {want}")
+        del model
+        torch.cuda.empty_cache()
+    print(f"PARITY: {ok}/{total} cases ok (rear --device cuda vs transformers on {torch.cuda.get_device_name()})")
+    sys.exit(0 if ok == total else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+//! The fused REAR sampling step on the device (`kernels/rear_sample.cu`): from the K context rows
+//! of logits of each response row to its next token(s), with only the choices coming back to
+//! the host. The semantics are those of the CPU search layer:
+//!
+//! - `Argmax`: `rear::argmax` of `Mixture::combine` of the rows' log-softmax (guided greedy);
+//! - `TopK(k)`: each row's `k` best expansions by `cum_score + s(v)` (ties: lower token id),
+//!   best first — the shortlist from which guided beam search keeps its B beams;
+//! - `Sample(params)`: `search::sampler::sample` over the REAR scores (or over the first
+//!   context's log-probs with `from_context0`, as best-of-N draws), with the Philox uniform
+//!   `uniform(seed, row.stream, row.step)`.
+//!
+//! Every choice carries the token's log-prob under each context and its REAR score, which is
+//! what `Hyp::push` records.
+use super::device::DevBuf;
+use super::types::*;
+use super::CudaBackend;
+use crate::error::{Error, Result};
+use crate::rear::Mixture;
+use crate::search::SampleParams;
+
+/// What to choose for each response row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SampleMode {
+    Argmax,
+    /// The row's best `k` candidates (k ≤ 64).
+    TopK(usize),
+    Sample(SampleParams),
+}
+
+#[derive(Clone, Debug)]
+pub struct SampleSpec<'a> {
+    pub mixture: &'a Mixture,
+    pub mode: SampleMode,
+    pub seed: u64,
+    /// Sample from the first context's log-probs instead of the REAR score (best-of-N).
+    pub from_context0: bool,
+}
+
+/// Per response row: its score so far and its random stream position.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RowState {
+    pub cum_score: f32,
+    pub stream: u64,
+    pub step: u64,
+}
+
+/// One chosen token of a response row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub row: usize,
+    pub token: u32,
+    /// `s_t(token)`.
+    pub score: f32,
+    /// `cum_score + score`.
+    pub total: f32,
+    /// `log π(token | context k)` for each context.
+    pub logprobs: Vec<f32>,
+}
+
+fn kernel_params(spec: &SampleSpec<'_>, rows: usize, vocab: usize) -> Result<(RearSampleParams, usize)> {
+    let (mixture, w): (u32, &[f32]) = match spec.mixture {
+        Mixture::Single => (REAR_MIX_SINGLE, &[]),
+        Mixture::Guided { lambdas } => (REAR_MIX_GUIDED, lambdas),
+        Mixture::Weighted { weights } => (REAR_MIX_WEIGHTED, weights),
+    };
+    let contexts = spec.mixture.contexts();
+    if contexts == 0 || contexts > REAR_MAX_CONTEXTS as usize {
+        return Err(Error::Input(format!(
+            "the CUDA sampler combines 1 to {REAR_MAX_CONTEXTS} contexts, not {contexts}"
+        )));
+    }
+    let mut weights = [0f32; REAR_MAX_CONTEXTS as usize];
+    weights[..w.len()].copy_from_slice(w);
+    let mut p = RearSampleParams {
+        rows: rows as u32,
+        contexts: contexts as u32,
+        vocab: u32::try_from(vocab).map_err(|_| Error::Input("vocabulary too large".into()))?,
+        mode: REAR_MODE_ARGMAX,
+        mixture,
+        top_k: 0,
+        temperature: 0.0,
+        top_p: 1.0,
+        sample_context0: spec.from_context0 as u32,
+        pad: 0,
+        seed: spec.seed,
+        weights,
+    };
+    let per_row = match spec.mode {
+        SampleMode::Argmax => 1,
+        SampleMode::TopK(k) => {
+            if k == 0 || k > REAR_MAX_TOPK as usize {
+                return Err(Error::Input(format!(
+                    "the CUDA sampler keeps 1 to {REAR_MAX_TOPK} candidates per row, not {k}"
+                )));
+            }
+            p.mode = REAR_MODE_TOPK;
+            p.top_k = k as u32;
+            k
+        }
+        SampleMode::Sample(sp) => {
+            p.mode = REAR_MODE_SAMPLE;
+            p.temperature = sp.temperature;
+            p.top_k = sp.top_k.min(u32::MAX as usize) as u32;
+            p.top_p = sp.top_p;
+            1
+        }
+    };
+    Ok((p, per_row))
+}
+
+impl CudaBackend {
+    /// Runs the fused sampler over the logits of the last `logits_device` call (or
+    /// `Backend::logits`), whose rows are `rows.len()` response rows × the mixture's contexts,
+    /// each response row's contexts consecutive in mixture order.
+    pub fn rear_sample(&self, rows: &[RowState], spec: &SampleSpec<'_>) -> Result<Vec<Choice>> {
+        let g = self.gpu();
+        g.bind()?;
+        let mut s = self.scratch();
+        let (n, vocab) = s.logits_shape;
+        let k = spec.mixture.contexts();
+        if rows.len() * k != n {
+            return Err(Error::Input(format!(
+                "{} response rows × {k} contexts need {} logit rows, the device holds {n}",
+                rows.len(),
+                rows.len() * k
+            )));
+        }
+        let logits = s.logits.ptr();
+        run(self, &mut s, logits, vocab, rows, spec)
+    }
+
+    /// The same over logits given by the host (`[rows · contexts, vocab]`).
+    pub fn rear_sample_host(
+        &self,
+        logits: &[f32],
+        vocab: usize,
+        rows: &[RowState],
+        spec: &SampleSpec<'_>,
+    ) -> Result<Vec<Choice>> {
+        let g = self.gpu();
+        g.bind()?;
+        let mut s = self.scratch();
+        let k = spec.mixture.contexts();
+        if logits.len() != rows.len() * k * vocab {
+            return Err(Error::Input(format!(
+                "{} logits for {} rows × {k} contexts × {vocab}",
+                logits.len(),
+                rows.len()
+            )));
+        }
+        s.host_logits.ensure(logits.len() * 4)?;
+        g.htod(s.host_logits.ptr(), logits)?;
+        let ptr = s.host_logits.ptr();
+        run(self, &mut s, ptr, vocab, rows, spec)
+    }
+}
+
+fn run(
+    b: &CudaBackend,
+    s: &mut super::Scratch,
+    logits: u64,
+    vocab: usize,
+    rows: &[RowState],
+    spec: &SampleSpec<'_>,
+) -> Result<Vec<Choice>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let g = b.gpu();
+    let (p, per_row) = kernel_params(spec, rows.len(), vocab)?;
+    let input: Vec<RearSampleRow> = rows
+        .iter()
+        .map(|r| RearSampleRow {
+            cum_score: r.cum_score,
+            pad: 0,
+            stream: r.stream,
+            step: r.step,
+        })
+        .collect();
+    s.sample_rows.ensure(std::mem::size_of_val(input.as_slice()))?;
+    g.htod(s.sample_rows.ptr(), &input)?;
+    let n_out = rows.len() * per_row;
+    s.sample_out.ensure(n_out * std::mem::size_of::<RearCandidate>())?;
+    let sampling = p.mode == REAR_MODE_SAMPLE;
+    if sampling {
+        s.ws_src.ensure(rows.len() * vocab * 4)?;
+        s.ws_p.ensure(rows.len() * vocab * 8)?;
+    }
+    let ws = |b: &DevBuf| if sampling { b.ptr() } else { 0 };
+    super::ops::rear_sample(
+        g,
+        p,
+        logits,
+        s.sample_rows.ptr(),
+        s.sample_out.ptr(),
+        ws(&s.ws_src),
+        ws(&s.ws_p),
+    )?;
+    let mut out = vec![RearCandidate::default(); n_out];
+    g.dtoh(&mut out, s.sample_out.ptr())?;
+    let k = spec.mixture.contexts();
+    Ok(out
+        .into_iter()
+        .filter(|c| c.token != u32::MAX)
+        .map(|c| Choice {
+            row: c.row as usize,
+            token: c.token,
+            score: c.score,
+            total: c.total,
+            logprobs: c.logprobs[..k].to_vec(),
+        })
+        .collect())
+}
