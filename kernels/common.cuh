@@ -37,9 +37,12 @@ struct WF32 {
     typedef float T;
     static constexpr int VEC = 4;
     __device__ static __forceinline__ float one(const T* p, u64 i) { return __ldg(p + i); }
-    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) {
-        float4 v = __ldg(reinterpret_cast<const float4*>(p + i));
-        out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) { dec(raw(p, i), out); }
+    // The 16 bytes at element i, undecoded, and their decoding.
+    __device__ static __forceinline__ uint4 raw(const T* p, u64 i) { return __ldg(reinterpret_cast<const uint4*>(p + i)); }
+    __device__ static __forceinline__ void dec(uint4 v, float* out) {
+        out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y);
+        out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
     }
 };
 
@@ -47,8 +50,9 @@ struct WBF16 {
     typedef u16 T;
     static constexpr int VEC = 8;
     __device__ static __forceinline__ float one(const T* p, u64 i) { return bf16_to_f32(__ldg(p + i)); }
-    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) {
-        uint4 v = __ldg(reinterpret_cast<const uint4*>(p + i));
+    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) { dec(raw(p, i), out); }
+    __device__ static __forceinline__ uint4 raw(const T* p, u64 i) { return __ldg(reinterpret_cast<const uint4*>(p + i)); }
+    __device__ static __forceinline__ void dec(uint4 v, float* out) {
         u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
@@ -62,8 +66,9 @@ struct WF16 {
     typedef u16 T;
     static constexpr int VEC = 8;
     __device__ static __forceinline__ float one(const T* p, u64 i) { return f16_to_f32(__ldg(p + i)); }
-    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) {
-        uint4 v = __ldg(reinterpret_cast<const uint4*>(p + i));
+    __device__ static __forceinline__ void vec(const T* p, u64 i, float* out) { dec(raw(p, i), out); }
+    __device__ static __forceinline__ uint4 raw(const T* p, u64 i) { return __ldg(reinterpret_cast<const uint4*>(p + i)); }
+    __device__ static __forceinline__ void dec(uint4 v, float* out) {
         u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {

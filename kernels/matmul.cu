@@ -7,6 +7,8 @@
 // rows); its threads split the input dimension and read the weights with 16-byte coalesced loads,
 // so every weight is read once for all rows of the tile; partial sums meet in shared memory.
 //
+// matmul_warp_<w>: the same for few rows with one warp per pair of outputs (see below).
+//
 // matmul_mma_bf16: the tensor-core path for many rows (prefill, wide batches). mma.sync
 // m16n8k16 (bf16 in, f32 accumulate). x is split as hi + lo, both bf16, and both halves are
 // multiplied, so the product keeps ~16 bits of x (and bf16 weights are exact): the result is as
@@ -157,6 +159,122 @@ matmul_bf16(RearMatmulParams p, const u16* w, const float* x, const float* bias,
 extern "C" __global__ void __launch_bounds__(MM_T)
 matmul_f16(RearMatmulParams p, const u16* w, const float* x, const float* bias, float* out) {
     mm_dispatch<WF16>(p, w, x, bias, out);
+}
+
+// ---- warp-per-output path (decode) ------------------------------------------------------------
+// matmul_warp_<w>: a warp computes MMW_NJ consecutive outputs for up to REAR_MM_ROW_TILE rows;
+// its lanes stride the input in 16-byte chunks with MMW_U chunks per output in flight per lane,
+// and only shuffles reduce (no shared memory, no block barrier). A block's 8 warps cover 16
+// consecutive outputs.
+
+#define MMW_NJ 2
+#define MMW_U 4
+#define MMW_WARPS (MM_T / 32)
+
+template <typename W, int RT>
+__device__ __forceinline__ void mmw_tile(const RearMatmulParams& p, const typename W::T* w, const float* x,
+                                         const float* bias, float* out, u32 row0, u32 j0) {
+    constexpr int VEC = W::VEC;
+    const u32 lane = threadIdx.x & 31;
+    const u32 in = p.in_features;
+    const u32 nj = min((u32)MMW_NJ, p.out_features - j0);
+    float acc[MMW_NJ][RT];
+#pragma unroll
+    for (int j = 0; j < MMW_NJ; j++)
+#pragma unroll
+        for (int r = 0; r < RT; r++) acc[j][r] = 0.0f;
+    if (p.vec) {
+        const u32 nchunks = in / VEC;
+        for (u32 c0 = lane; c0 < nchunks; c0 += 32 * MMW_U) {
+            uint4 raw[MMW_U][MMW_NJ];
+#pragma unroll
+            for (int u = 0; u < MMW_U; u++) {
+                const u32 c = c0 + 32 * u;
+#pragma unroll
+                for (int j = 0; j < MMW_NJ; j++) {
+                    if (c < nchunks && (u32)j < nj) {
+                        raw[u][j] = W::raw(w, (u64)(j0 + j) * in + (u64)c * VEC);
+                    } else {
+                        raw[u][j].x = raw[u][j].y = raw[u][j].z = raw[u][j].w = 0u;
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MMW_U; u++) {
+                const u32 c = c0 + 32 * u;
+                if (c < nchunks) {
+                    float wv[MMW_NJ][VEC];
+#pragma unroll
+                    for (int j = 0; j < MMW_NJ; j++) W::dec(raw[u][j], wv[j]);
+#pragma unroll
+                    for (int r = 0; r < RT; r++) {
+                        float xv[VEC];
+                        load_x<VEC>(p, x, row0 + r, c * VEC, xv);
+#pragma unroll
+                        for (int j = 0; j < MMW_NJ; j++) {
+                            float s = acc[j][r];
+#pragma unroll
+                            for (int v = 0; v < VEC; v++) s += wv[j][v] * xv[v];
+                            acc[j][r] = s;
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        for (u32 k = lane; k < in; k += 32) {
+            float wv[MMW_NJ];
+#pragma unroll
+            for (int j = 0; j < MMW_NJ; j++) wv[j] = (u32)j < nj ? W::one(w, (u64)(j0 + j) * in + k) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const float xv = load_x1(p, x, row0 + r, k);
+#pragma unroll
+                for (int j = 0; j < MMW_NJ; j++) acc[j][r] += wv[j] * xv;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < MMW_NJ; j++)
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            float s = warp_sum(acc[j][r]);
+            if (lane == 0 && (u32)j < nj) {
+                if (p.has_bias) s += bias[j0 + j];
+                out[(u64)(row0 + r) * p.out_stride + j0 + j] = s;
+            }
+        }
+}
+
+template <typename W>
+__device__ __forceinline__ void mmw_dispatch(const RearMatmulParams& p, const typename W::T* w, const float* x,
+                                             const float* bias, float* out) {
+    const u32 j0 = (blockIdx.x * MMW_WARPS + (threadIdx.x >> 5)) * MMW_NJ;
+    const u32 row0 = blockIdx.y * MM_RT;
+    if (j0 >= p.out_features || row0 >= p.rows) return;
+    switch (min((u32)MM_RT, p.rows - row0)) {
+        case 1: mmw_tile<W, 1>(p, w, x, bias, out, row0, j0); break;
+        case 2: mmw_tile<W, 2>(p, w, x, bias, out, row0, j0); break;
+        case 3: mmw_tile<W, 3>(p, w, x, bias, out, row0, j0); break;
+        case 4: mmw_tile<W, 4>(p, w, x, bias, out, row0, j0); break;
+        case 5: mmw_tile<W, 5>(p, w, x, bias, out, row0, j0); break;
+        case 6: mmw_tile<W, 6>(p, w, x, bias, out, row0, j0); break;
+        case 7: mmw_tile<W, 7>(p, w, x, bias, out, row0, j0); break;
+        default: mmw_tile<W, 8>(p, w, x, bias, out, row0, j0); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MM_T)
+matmul_warp_f32(RearMatmulParams p, const float* w, const float* x, const float* bias, float* out) {
+    mmw_dispatch<WF32>(p, w, x, bias, out);
+}
+extern "C" __global__ void __launch_bounds__(MM_T)
+matmul_warp_bf16(RearMatmulParams p, const u16* w, const float* x, const float* bias, float* out) {
+    mmw_dispatch<WBF16>(p, w, x, bias, out);
+}
+extern "C" __global__ void __launch_bounds__(MM_T)
+matmul_warp_f16(RearMatmulParams p, const u16* w, const float* x, const float* bias, float* out) {
+    mmw_dispatch<WF16>(p, w, x, bias, out);
 }
 
 // ---- tensor-core path ---------------------------------------------------------------------------

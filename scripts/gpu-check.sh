@@ -117,6 +117,11 @@ if [[ ",$skip," != *",bench,"* ]]; then
   REAR_BENCH_MODEL="$model" "$bin/cuda_bench" --nocapture --test-threads=1 2>&1 | tee "$work/bench.log"
   echo "== transformers timings"
   python3 scripts/gpu_bench_hf.py cfg "$model" 2>&1 | tee "$work/hf.log"
+  echo "== rear bench --device cuda (CLI), guided greedy and guided beam B=16"
+  "$bin/rear" bench --model "$model" --device cuda --json > "$work/rear_bench_greedy.json" 2> "$work/rear_bench_greedy.err" \
+    || { echo "rear bench --device cuda failed:"; tail -3 "$work/rear_bench_greedy.err"; }
+  "$bin/rear" bench --model "$model" --device cuda --algo beam --beams 16 --json > "$work/rear_bench_beam16.json" 2> "$work/rear_bench_beam16.err" \
+    || { echo "rear bench --device cuda --algo beam failed:"; tail -3 "$work/rear_bench_beam16.err"; }
   echo "== rear generate (CLI, whole process) for reference"
   for n in 32 160; do
     s=$(date +%s.%N)

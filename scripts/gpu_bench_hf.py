@@ -37,6 +37,8 @@ LLAMA_32_1B = {
     "eos_token_id": 128001,
 }
 
+# cuda; GPU_BENCH_DEVICE=cpu only to test this script on a small model.
+DEVICE = __import__("os").environ.get("GPU_BENCH_DEVICE", "cuda")
 PROMPT = [(i * 7919 + 13) % 128256 for i in range(64)]
 BASE = PROMPT[32:]
 
@@ -47,7 +49,7 @@ def make(out):
     torch.manual_seed(0)
     cfg = LlamaConfig(**{k: v for k, v in LLAMA_32_1B.items() if k not in ("architectures", "model_type")})
     cfg.architectures = ["LlamaForCausalLM"]
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = LlamaForCausalLM(cfg)
     model = model.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
@@ -56,32 +58,39 @@ def make(out):
 
 
 def cfg_bench(path, n1=32, n2=160, lam=3.0):
+    if DEVICE != "cuda":
+        n1, n2 = 4, 8
     import torch
     from transformers import AutoModelForCausalLM
-    res = {"device": torch.cuda.get_device_name()}
-    # Device-to-device copy bandwidth (read + write), as tests/cuda_bench.rs measures it.
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    b.copy_(a)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
+    cuda = DEVICE == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    res = {"device": torch.cuda.get_device_name() if cuda else DEVICE}
+    if cuda:
+        # Device-to-device copy bandwidth (read + write), as tests/cuda_bench.rs measures it.
+        a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        b = torch.empty_like(a)
         b.copy_(a)
-    torch.cuda.synchronize()
-    res["copy_bandwidth_gbs"] = 2 * (1 << 30) * 20 / (time.perf_counter() - t) / 1e9
-    del a, b
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).cuda().eval()
-    ids = torch.tensor([PROMPT], device="cuda")
-    neg = torch.tensor([BASE], device="cuda")
-    eos = LLAMA_32_1B["eos_token_id"]
+        sync()
+        t = time.perf_counter()
+        for _ in range(20):
+            b.copy_(a)
+        sync()
+        res["copy_bandwidth_gbs"] = 2 * (1 << 30) * 20 / (time.perf_counter() - t) / 1e9
+        del a, b
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).to(DEVICE).eval()
+    vocab = model.config.vocab_size
+    ids = torch.tensor([[t % vocab for t in PROMPT]], device=DEVICE)
+    neg = torch.tensor([[t % vocab for t in BASE]], device=DEVICE)
+    eos = model.config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else (eos if eos is not None else 0)
 
     def timed(n, **kw):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                  eos_token_id=eos, pad_token_id=eos, **kw)
-        torch.cuda.synchronize()
+        sync()
         assert out.shape[1] == ids.shape[1] + n, out.shape
         return (time.perf_counter() - t0) * 1e3
 
@@ -129,6 +138,18 @@ def table(bench, hf, cli):
             row("guided greedy step, 2 rows (device)", f"{dev[2]:.3f} ms", f"{dev[2] / one:.2f}x 1 row")
         if dev.get(32):
             row("guided beam B=16 step, 32 rows (device)", f"{dev[32]:.3f} ms", f"{dev[32] / one:.2f}x 1 row", "<= 1.3x")
+        alt = {int(k): v for k, v in b.get("device_step_other_matmul_ms", {}).items()}
+        other = "block" if b.get("warp_matmul", True) else "warp"
+        for r in (1, 2):
+            if alt.get(r) and dev.get(r):
+                row(f"decode step, {r} row(s), {other} matmul", f"{alt[r]:.3f} ms", f"{alt[r] / dev[r]:.2f}x default")
+        if b.get("device_step_32_no_mma_ms") and dev.get(32):
+            x = b["device_step_32_no_mma_ms"]
+            row("guided beam step, 32 rows, no tensor cores", f"{x:.3f} ms", f"{x / dev[32]:.2f}x default")
+        unf = {int(k): v for k, v in b.get("device_step_unfused_ms", {}).items()}
+        for r in (1, 2, 32):
+            if unf.get(r):
+                row(f"device step, {r} rows, trait ops (no graph)", f"{unf[r]:.3f} ms", f"{unf[r] / dev[r]:.2f}x fused" if dev.get(r) else "")
         for r in (1, 2, 32):
             if eng.get(r):
                 row(f"engine step, {r} rows (logits to host)", f"{eng[r]:.3f} ms", f"{eng[r] / eng[1]:.2f}x 1 row" if r > 1 else "")

@@ -17,6 +17,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
+DEVICE = "cuda"
 MODELS = ["llama_f32", "qwen3_f32", "llama3_bf16_tied", "qwen2_bf16", "mistral_f16_sharded"]
 
 
@@ -35,7 +36,7 @@ def ids_arg(ids):
 
 @torch.no_grad()
 def hf_logprobs(model, prompt, response):
-    ids = torch.tensor([prompt + response], device="cuda")
+    ids = torch.tensor([prompt + response], device=DEVICE)
     lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
     return [lp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(response)]
 
@@ -47,7 +48,7 @@ def hf_greedy(model, contexts, lam, n):
     for _ in range(n):
         lps = []
         for c in contexts:
-            ids = torch.tensor([c + out], device="cuda")
+            ids = torch.tensor([c + out], device=DEVICE)
             lps.append(torch.log_softmax(model(ids).logits[0, -1].float(), dim=-1))
         s = lps[0] if len(lps) == 1 else lps[1] + lam * (lps[0] - lps[1])
         out.append(int(torch.argmax(s).item()))
@@ -59,19 +60,22 @@ def main():
     ap.add_argument("--rear", required=True)
     ap.add_argument("--fixtures", default="tests/fixtures")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--device", default="cuda", help="cuda; cpu only to test this script")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     ok = total = 0
     for name in a.models.split(","):
         d = os.path.join(a.fixtures, name)
         g = json.load(open(os.path.join(d, "golden.json")))
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).cuda().eval()
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).to(DEVICE).eval()
         t = tol(name)
         for case in g["logprobs"]:
             total += 1
             want = hf_logprobs(model, case["prompt_ids"], case["response_ids"])
-            rc, out, err = rear(a.rear, "score", "--model", d, "--device", "cuda", "--json",
+            rc, out, err = rear(a.rear, "score", "--model", d, "--device", DEVICE, "--json",
                                 "--prompt-ids", ids_arg(case["prompt_ids"]),
                                 "--response-ids", ids_arg(case["response_ids"]))
             if rc != 0:
@@ -89,7 +93,7 @@ def main():
             ctx = [case["prompt_ids"]] + ([case["base_ids"]] if guided else [])
             lam = case.get("lambda", 1.0)
             want = hf_greedy(model, ctx, lam, n)
-            args = ["generate", "--model", d, "--device", "cuda", "--json", "--ignore-eos",
+            args = ["generate", "--model", d, "--device", DEVICE, "--json", "--ignore-eos",
                     "--max-new-tokens", str(n), "--prompt-ids", ids_arg(case["prompt_ids"])]
             if guided:
                 args += ["--base-prompt-ids", ids_arg(case["base_ids"]), "--lambda", str(lam)]
@@ -103,8 +107,10 @@ def main():
             ok += good
             print(f"{'ok  ' if good else 'FAIL'} {name} {what}: rear {got} transformers {want}")
         del model
-        torch.cuda.empty_cache()
-    print(f"PARITY: {ok}/{total} cases ok (rear --device cuda vs transformers on {torch.cuda.get_device_name()})")
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
+    print(f"PARITY: {ok}/{total} cases ok (rear --device {DEVICE} vs transformers on {where})")
     sys.exit(0 if ok == total else 1)
 
 

@@ -178,6 +178,25 @@ fn decode_step_timings() {
         say(&format!("device step (trait ops), {rows} rows: {ms:.3} ms"));
         unfused.push((rows, ms));
     }
+    // The other CUDA-core decode matmul, for comparison (REAR_CUDA_DECODE_MATMUL picks the default).
+    let mut other = b.clone();
+    let mut o = b.options();
+    o.warp_matmul = !o.warp_matmul;
+    other.set_options(o);
+    let mut alt = Vec::new();
+    for rows in [1, 2] {
+        let ms = device_steps(&other, &w, &prompt, rows, warm, steps, true);
+        say(&format!("device step (fused, graph), {rows} rows, warp_matmul={}: {ms:.3} ms", o.warp_matmul));
+        alt.push((rows, ms));
+    }
+    // 32 rows on the CUDA-core kernel (each weight re-read per tile of 8 rows) instead of mma.
+    let mut nomma = b.clone();
+    let mut o = b.options();
+    o.mma_min_rows = usize::MAX;
+    nomma.set_options(o);
+    let ms = device_steps(&nomma, &w, &prompt, 32, warm, steps, true);
+    say(&format!("device step (fused, graph), 32 rows, no tensor cores: {ms:.3} ms"));
+    let no_mma_32 = ms;
     let (replays, eager) = b.step_counts();
     say(&format!("fused steps: {replays} graph replays, {eager} eager"));
     drop(w);
@@ -200,12 +219,16 @@ fn decode_step_timings() {
         "floor_ms": floor_ms,
         "device_step_ms": obj(&dev),
         "device_step_unfused_ms": obj(&unfused),
+        "warp_matmul": b.options().warp_matmul,
+        "device_step_other_matmul_ms": obj(&alt),
+        "device_step_32_no_mma_ms": no_mma_32,
         "graph_replays": replays,
         "engine_step_ms": obj(&eng),
         "guided_greedy_ms_per_token": gg,
         "steps": steps,
         "prompt_tokens": plen,
         "mma_min_rows": b.options().mma_min_rows,
+        "graphs": std::env::var("REAR_CUDA_GRAPHS").as_deref() != Ok("0"),
     });
     println!("BENCH_JSON {json}");
     say(&format!("BENCH_JSON {json}"));

@@ -100,7 +100,7 @@ fn matmul_matches_cpu() {
                 ops::matmul(&x, rows, &lin, &mut want, &mut Vec::new());
                 // Tolerance from the size of the terms: sum_i |x_i w_ji|.
                 let wd = lin.weight.to_f32();
-                let mut paths = vec![MatmulPath::CudaCore, MatmulPath::Auto { mma_min_rows: 8 }];
+                let mut paths = vec![MatmulPath::CudaCore, MatmulPath::CudaCoreWarp, MatmulPath::Auto { mma_min_rows: 8, warp: true }];
                 if dtype == DType::BF16 && i % 8 == 0 {
                     paths.push(MatmulPath::TensorCore);
                 }
@@ -139,7 +139,7 @@ fn matmul_with_fused_swiglu_matches_cpu() {
             ops::swiglu(&mut gate, &up);
             let mut want = vec![0f32; rows * o];
             ops::matmul(&gate, rows, &lin, &mut want, &mut Vec::new());
-            for path in [MatmulPath::CudaCore, MatmulPath::Auto { mma_min_rows: 8 }] {
+            for path in [MatmulPath::CudaCore, MatmulPath::CudaCoreWarp, MatmulPath::Auto { mma_min_rows: 8, warp: true }] {
                 let got = b.matmul_swiglu_host(&gu, rows, &lin, path).unwrap();
                 let d = max_abs_diff(&got, &want);
                 assert!(d < 2e-4, "{dtype:?} {path:?} {rows}x{i}->{o}: max diff {d}");

@@ -63,6 +63,9 @@ pub(crate) enum K {
     MatmulBf16,
     MatmulF16,
     MatmulMmaBf16,
+    MatmulWarpF32,
+    MatmulWarpBf16,
+    MatmulWarpF16,
     RearSample,
 }
 
@@ -83,6 +86,9 @@ const KERNELS: &[(K, &str, &str)] = &[
     (K::MatmulBf16, "matmul", "matmul_bf16"),
     (K::MatmulF16, "matmul", "matmul_f16"),
     (K::MatmulMmaBf16, "matmul", "matmul_mma_bf16"),
+    (K::MatmulWarpF32, "matmul", "matmul_warp_f32"),
+    (K::MatmulWarpBf16, "matmul", "matmul_warp_bf16"),
+    (K::MatmulWarpF16, "matmul", "matmul_warp_f16"),
     (K::RearSample, "rear_sample", "rear_sample_f32"),
 ];
 

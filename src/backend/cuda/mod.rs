@@ -40,6 +40,10 @@ pub struct CudaOptions {
     /// Matmuls over more rows than this use the tensor-core kernel (bf16 weights); fewer rows use
     /// the memory-bound CUDA-core kernel. `REAR_CUDA_MMA_MIN_ROWS` overrides the default (8).
     pub mma_min_rows: usize,
+    /// The CUDA-core kernel with one warp per pair of outputs (`true`) or the one whose blocks
+    /// split the input dimension. `REAR_CUDA_DECODE_MATMUL=warp|block` overrides the default
+    /// (warp).
+    pub warp_matmul: bool,
 }
 
 impl Default for CudaOptions {
@@ -48,7 +52,8 @@ impl Default for CudaOptions {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(REAR_DEFAULT_MMA_MIN_ROWS);
-        CudaOptions { mma_min_rows }
+        let warp_matmul = std::env::var("REAR_CUDA_DECODE_MATMUL").map_or(true, |v| v != "block");
+        CudaOptions { mma_min_rows, warp_matmul }
     }
 }
 
@@ -267,6 +272,7 @@ impl CudaBackend {
     fn path(&self) -> MatmulPath {
         MatmulPath::Auto {
             mma_min_rows: self.opts.mma_min_rows,
+            warp: self.opts.warp_matmul,
         }
     }
 

@@ -231,16 +231,36 @@ pub(crate) fn attention(gpu: &Gpu, p: RearAttnParams, q: u64, pool: u64, lay: La
 /// Which matmul kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
-    /// Tensor cores (bf16 weights with in % 8 == 0) when rows > the threshold, else CUDA cores.
-    Auto { mma_min_rows: usize },
-    /// The memory-bound CUDA-core kernel.
+    /// Tensor cores (bf16 weights with in % 8 == 0) when rows > `mma_min_rows`, else the
+    /// CUDA-core kernel (`warp`: the warp-per-output one).
+    Auto { mma_min_rows: usize, warp: bool },
+    /// The memory-bound CUDA-core kernel whose blocks split the input dimension.
     CudaCore,
+    /// The memory-bound CUDA-core kernel with one warp per pair of outputs.
+    CudaCoreWarp,
     /// The mma.sync kernel (bf16 weights, in % 8 == 0 only).
     TensorCore,
 }
 
-pub(crate) fn matmul_geometry(rows: usize, out: usize, tensor_core: bool) -> Launch {
-    if tensor_core {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Block,
+    Warp,
+    Mma,
+}
+
+/// Outputs one block of the warp-per-output kernel covers (8 warps × 2).
+const WARP_OUT_TILE: usize = 16;
+
+fn matmul_geometry(rows: usize, out: usize, kind: Kind) -> Launch {
+    if kind == Kind::Warp {
+        return Launch {
+            grid: (blocks(out, WARP_OUT_TILE), blocks(rows, REAR_MM_ROW_TILE as usize), 1),
+            block: (REAR_MM_THREADS, 1, 1),
+            smem: 0,
+        };
+    }
+    if kind == Kind::Mma {
         Launch {
             grid: (
                 blocks(out, REAR_MMA_OUT_TILE as usize),
@@ -283,9 +303,18 @@ pub(crate) fn matmul(
     }
     let vec = w.inp % w.wtype.vec() == 0 && x_stride % 4 == 0 && x % 16 == 0 && w.buf.ptr() % 16 == 0;
     let mma_ok = vec && w.wtype == WType::BF16;
-    let tensor_core = match path {
-        MatmulPath::Auto { mma_min_rows } => mma_ok && rows > mma_min_rows,
-        MatmulPath::CudaCore => false,
+    let kind = match path {
+        MatmulPath::Auto { mma_min_rows, warp } => {
+            if mma_ok && rows > mma_min_rows {
+                Kind::Mma
+            } else if warp {
+                Kind::Warp
+            } else {
+                Kind::Block
+            }
+        }
+        MatmulPath::CudaCore => Kind::Block,
+        MatmulPath::CudaCoreWarp => Kind::Warp,
         MatmulPath::TensorCore => {
             if !mma_ok {
                 return Err(Error::Cuda(format!(
@@ -293,7 +322,7 @@ pub(crate) fn matmul(
                     w.wtype, w.inp
                 )));
             }
-            true
+            Kind::Mma
         }
     };
     let p = RearMatmulParams {
@@ -306,13 +335,16 @@ pub(crate) fn matmul(
         act: if swiglu { REAR_ACT_SWIGLU } else { REAR_ACT_NONE },
         vec: vec as u32,
     };
-    let k = match (tensor_core, w.wtype) {
-        (true, _) => K::MatmulMmaBf16,
-        (false, WType::F32) => K::MatmulF32,
-        (false, WType::BF16) => K::MatmulBf16,
-        (false, WType::F16) => K::MatmulF16,
+    let k = match (kind, w.wtype) {
+        (Kind::Mma, _) => K::MatmulMmaBf16,
+        (Kind::Block, WType::F32) => K::MatmulF32,
+        (Kind::Block, WType::BF16) => K::MatmulBf16,
+        (Kind::Block, WType::F16) => K::MatmulF16,
+        (Kind::Warp, WType::F32) => K::MatmulWarpF32,
+        (Kind::Warp, WType::BF16) => K::MatmulWarpBf16,
+        (Kind::Warp, WType::F16) => K::MatmulWarpF16,
     };
-    let l = matmul_geometry(rows, w.out, tensor_core);
+    let l = matmul_geometry(rows, w.out, kind);
     let (wp, b) = (w.buf.ptr(), bias.unwrap_or(0));
     // SAFETY: W [out, inp] of its type; x rows of x_stride floats holding (2·)inp values; out
     // rows of out_stride floats holding `out` values; bias [out] when present.
