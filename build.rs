@@ -10,7 +10,8 @@
 //!    warning ("CUDA kernels not embedded") and the CUDA backend reports that at run time, unless
 //!    `REAR_REQUIRE_KERNELS=1`, which makes a missing NVRTC an error (CI sets it).
 //!
-//! NVRTC is looked for, in order: `REAR_NVRTC_LIB` (the library file or its directory),
+//! NVRTC is looked for, in order: `REAR_NVRTC_LIB` (the library file or its directory; `off`
+//! builds without kernels),
 //! `CUDA_PATH` / `CUDA_HOME` (lib64, lib, targets/*/lib), the `nvidia/cuda_nvrtc/lib` (CUDA 12
 //! wheel) and `nvidia/cu13/lib` directories of Python's site-packages, /usr/local/cuda, the
 //! system library directories, then the dynamic loader's own search. CUDA 12 libraries are
@@ -324,6 +325,9 @@ fn python_site_dirs() -> Vec<PathBuf> {
 }
 
 fn find_nvrtc() -> Result<Nvrtc, String> {
+    if std::env::var("REAR_NVRTC_LIB").is_ok_and(|v| v == "off") {
+        return Err("REAR_NVRTC_LIB=off".into());
+    }
     const NAMES: &[&str] = &["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so", "nvrtc64_120_0.dll"];
     let mut tried: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();

@@ -448,3 +448,40 @@ fn rear_sample_sampling_matches_cpu() {
     }
     let _ = writeln!(std::io::stderr(), "rear_sample_sampling_matches_cpu: {checked} draws identical");
 }
+
+/// GGUF block-quantised weights are dequantised at upload (to f16 here, their values fit):
+/// the product matches the CPU's exact decoding within f16 rounding of the weights.
+#[test]
+fn quantized_weights_dequantized_at_upload() {
+    let Some(b) = gpu("quantized_weights_dequantized_at_upload") else { return };
+    let mut rng = Rng(404);
+    let (rows, i, o) = (3, 64, 9);
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        let mut bytes = Vec::new();
+        for _ in 0..o * i / 32 {
+            let d = half::f16::from_f32(0.01 + 0.02 * rng.f().abs());
+            bytes.extend_from_slice(&d.to_le_bytes());
+            match dtype {
+                DType::Q8_0 => bytes.extend((0..32).map(|_| (rng.next() % 256) as u8)),
+                DType::Q4_0 => bytes.extend((0..16).map(|_| (rng.next() % 256) as u8)),
+                _ => {
+                    bytes.extend_from_slice(&half::f16::from_f32(-0.1 * rng.f().abs()).to_le_bytes());
+                    bytes.extend((0..16).map(|_| (rng.next() % 256) as u8));
+                }
+            }
+        }
+        let lin = Linear { weight: HostTensor::from_bytes("wq", dtype, vec![o, i], bytes).unwrap(), bias: None };
+        let x = rng.vec(rows * i, 1.0);
+        let mut want = vec![0f32; rows * o];
+        ops::matmul(&x, rows, &lin, &mut want, &mut Vec::new());
+        let wd = lin.weight.to_f32();
+        let got = b.matmul_host(&x, rows, &lin, MatmulPath::Auto { mma_min_rows: 8, warp: true }).unwrap();
+        for r in 0..rows {
+            for j in 0..o {
+                let mag: f32 = (0..i).map(|k| (x[r * i + k] * wd[j * i + k]).abs()).sum();
+                let (g, e) = (got[r * o + j], want[r * o + j]);
+                assert!((g - e).abs() <= 1e-3 * mag + 1e-6, "{dtype:?} [{r},{j}] {g} vs {e}");
+            }
+        }
+    }
+}
