@@ -29,7 +29,7 @@ fn env_usize(k: &str, d: usize) -> usize {
 }
 
 fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
+    let _ = std::io::stderr().write_all((format!("{msg}") + "\n").as_bytes());
 }
 
 /// `rows` sequences prefilled with `prompt` (each its own blocks), then `warm + steps` decode

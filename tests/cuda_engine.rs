@@ -28,7 +28,7 @@ const MODELS: &[&str] = &[
 
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Err(why) = cuda_available() {
-        let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device ({why})");
+        let _ = std::io::stderr().write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
         return None;
     }
     match CudaBackend::new(0) {
@@ -338,7 +338,7 @@ fn fused_graph_step_matches_cpu() {
             }
         }
         let (replays, eager) = b.step_counts();
-        let _ = writeln!(std::io::stderr(), "{name}: {replays} graph replays, {eager} eager launches so far");
+        let _ = std::io::stderr().write_all((format!("{name}: {replays} graph replays, {eager} eager launches so far") + "\n").as_bytes());
         if std::env::var("REAR_CUDA_GRAPHS").as_deref() != Ok("0") {
             assert!(replays > 0, "{name}: decode steps of one shape were never replayed from a graph");
         }

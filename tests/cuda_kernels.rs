@@ -20,12 +20,12 @@ use std::io::Write;
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Err(why) = cuda_available() {
         // Written to the real stderr (not the captured test output) so that it shows.
-        let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device ({why})");
+        let _ = std::io::stderr().write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
         return None;
     }
     match CudaBackend::new(0) {
         Ok(b) => {
-            let _ = writeln!(std::io::stderr(), "{test}: on {}", b.describe());
+            let _ = std::io::stderr().write_all((format!("{test}: on {}", b.describe()) + "\n").as_bytes());
             Some(b)
         }
         Err(e) => panic!("{test}: a CUDA device is present but the backend failed: {e}"),
@@ -446,7 +446,7 @@ fn rear_sample_sampling_matches_cpu() {
             }
         }
     }
-    let _ = writeln!(std::io::stderr(), "rear_sample_sampling_matches_cpu: {checked} draws identical");
+    let _ = std::io::stderr().write_all((format!("rear_sample_sampling_matches_cpu: {checked} draws identical") + "\n").as_bytes());
 }
 
 /// GGUF block-quantised weights are dequantised at upload (to f16 here, their values fit):
