@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
 
 DEVICE = "cuda"
 MODELS = ["llama_f32", "qwen3_f32", "llama3_bf16_tied", "qwen2_bf16", "mistral_f16_sharded"]
@@ -23,6 +24,19 @@ MODELS = ["llama_f32", "qwen3_f32", "llama3_bf16_tied", "qwen2_bf16", "mistral_f
 
 def tol(name):
     return 1e-4 if ("f32" in name or "legacy" in name) else 2e-3
+
+
+def load_model(d):
+    """The fixture in float32 on DEVICE. The fixtures' config.json files are transformers 5's
+    (`rope_parameters`); transformers 4 reads `rope_theta` / `rope_scaling` instead, so map them."""
+    cfg = AutoConfig.from_pretrained(d)
+    raw = json.load(open(os.path.join(d, "config.json")))
+    rp = raw.get("rope_parameters")
+    if rp and int(transformers.__version__.split(".")[0]) < 5:
+        cfg.rope_theta = rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        kind = rp.get("rope_type", "default")
+        cfg.rope_scaling = None if kind == "default" else {k: v for k, v in rp.items() if k != "rope_theta"}
+    return AutoModelForCausalLM.from_pretrained(d, config=cfg, torch_dtype=torch.float32).to(DEVICE).eval()
 
 
 def rear(binary, *args):
@@ -70,7 +84,7 @@ def main():
     for name in a.models.split(","):
         d = os.path.join(a.fixtures, name)
         g = json.load(open(os.path.join(d, "golden.json")))
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).to(DEVICE).eval()
+        model = load_model(d)
         t = tol(name)
         for case in g["logprobs"]:
             total += 1
