@@ -268,28 +268,32 @@ mod x86 {
                     _mm512_mul_ps(_mm512_cvtepi32_ps(b), d),
                 )
             }
+            // 4-bit blocks: the 16 possible weight values of the block are computed once (a
+            // 16-entry table, each exactly as `tensor::decode` computes it) and looked up by
+            // nibble with one permute per 16 weights (the permute reads the low 4 bits only).
             DT_Q4_0 => {
                 let d = _mm512_cvtph_ps(_mm256_set1_epi16((p as *const i16).read_unaligned()));
-                let q = _mm_loadu_si128(p.add(2) as *const __m128i);
-                let m = _mm_set1_epi8(0x0f);
-                let lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, m));
-                let hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), m));
-                let eight = _mm512_set1_epi32(8);
+                let iota = _mm512_setr_ps(
+                    -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
+                );
+                let lut = _mm512_mul_ps(iota, d);
+                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i));
                 (
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight)), d),
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight)), d),
+                    _mm512_permutexvar_ps(q, lut),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), lut),
                 )
             }
             _ => {
                 let d = _mm512_cvtph_ps(_mm256_set1_epi16((p as *const i16).read_unaligned()));
                 let mn = _mm512_cvtph_ps(_mm256_set1_epi16((p.add(2) as *const i16).read_unaligned()));
-                let q = _mm_loadu_si128(p.add(4) as *const __m128i);
-                let m = _mm_set1_epi8(0x0f);
-                let lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, m));
-                let hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(q), m));
+                let iota = _mm512_setr_ps(
+                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+                );
+                let lut = _mm512_add_ps(_mm512_mul_ps(iota, d), mn);
+                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(4) as *const __m128i));
                 (
-                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), mn),
-                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), d), mn),
+                    _mm512_permutexvar_ps(q, lut),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), lut),
                 )
             }
         }
