@@ -13,6 +13,7 @@
 //! println!("{:?} S={} pref={} base={}", best.token_ids, best.score, best.logprob_contexts[0], best.logprob_contexts[1]);
 //! ```
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda;
 use crate::engine::{Engine, EngineOptions, Extend, StepApi};
 use crate::error::{Error, Result};
 use crate::model::chat::{ChatTemplate, PreferenceIn};
@@ -76,21 +77,38 @@ impl Rear {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let model = Model::load(path)?;
         let device = opts.device.unwrap_or(Device::Auto);
-        let (engine, device_notice): (Box<dyn StepApi + Send>, Option<String>) = match device {
-            Device::Cpu | Device::Auto => (
-                Box::new(Engine::new(
-                    CpuBackend,
-                    &model.config,
-                    &model.weights,
-                    &opts.engine,
-                )?),
-                None,
-            ),
-            Device::Cuda => {
-                return Err(Error::Cuda(
-                    "this build has no CUDA backend; use --device cpu".into(),
-                ))
-            }
+        let cpu = |model: &Model| -> Result<Box<dyn StepApi + Send>> {
+            Ok(Box::new(Engine::new(
+                CpuBackend,
+                &model.config,
+                &model.weights,
+                &opts.engine,
+            )?))
+        };
+        let cuda = |model: &Model| -> Result<Box<dyn StepApi + Send>> {
+            cuda::cuda_available().map_err(Error::Cuda)?;
+            let b = cuda::CudaBackend::new(0)?;
+            Ok(Box::new(Engine::new(
+                b,
+                &model.config,
+                &model.weights,
+                &opts.engine,
+            )?))
+        };
+        let (engine, device_notice) = match device {
+            Device::Cpu => (cpu(&model)?, None),
+            Device::Cuda => (cuda(&model)?, None),
+            Device::Auto => match cuda(&model) {
+                Ok(e) => (e, None),
+                Err(e) => {
+                    let why = e.to_string();
+                    let why = why.trim_start_matches("cuda: ");
+                    (
+                        cpu(&model)?,
+                        Some(format!("no usable CUDA device ({why}); running on the CPU")),
+                    )
+                }
+            },
         };
         Ok(Rear {
             model_path: path.to_owned(),

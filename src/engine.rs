@@ -1,7 +1,7 @@
 //! The engine: a loaded model on one backend with its paged KV cache, exposed to the search
 //! algorithms through the small `StepApi` (new/fork/free a sequence, extend many sequences by
 //! some tokens in one forward pass and get their logits).
-use crate::backend::{self, Backend, Scratch, SeqBlocks, StepLayout};
+use crate::backend::{Backend, Scratch, SeqBlocks, StepLayout};
 use crate::error::{Error, Result};
 use crate::kv::{BlockPool, BlockTable};
 use crate::model::config::ModelConfig;
@@ -231,8 +231,7 @@ impl<B: Backend> StepApi for Engine<B> {
                 layout.logit_rows.push(last - 1);
             }
         }
-        let r = backend::forward(
-            &self.backend,
+        let r = self.backend.forward(
             &self.cfg,
             &self.weights,
             &layout,

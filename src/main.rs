@@ -209,11 +209,26 @@ fn main() {
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Bench(a) => bench(a),
     };
-    if let Err(e) = r {
-        let msg = format!("{e:#}").replace('\n', " ");
-        eprintln!("error: {msg}");
-        std::process::exit(2);
+    match r {
+        Ok(()) => {
+            for n in NOTICES.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                eprintln!("{n}");
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            std::process::exit(2);
+        }
     }
+}
+
+/// Notices for stderr (device fallback, template fallback), printed once the command has
+/// succeeded, so that a failing command prints exactly one line.
+static NOTICES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn defer_notice(msg: String) {
+    NOTICES.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
 }
 
 fn load(m: &ModelArgs) -> Result<Rear> {
@@ -231,7 +246,7 @@ fn load(m: &ModelArgs) -> Result<Rear> {
     };
     let rear = Rear::load(&path, &opts)?;
     if let Some(n) = rear.device_notice() {
-        eprintln!("{n}");
+        defer_notice(n.to_string());
     }
     Ok(rear)
 }
@@ -288,7 +303,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let (prompt, notice) = spec.prompt(&rear)?;
     let params = spec.params(&rear)?;
     if let Some(n) = notice {
-        eprintln!("notice: {n}");
+        defer_notice(format!("notice: {n}"));
     }
     let cands = rear.generate(&prompt, &params)?;
     let mut out = String::new();
@@ -326,7 +341,7 @@ fn score(a: ScoreArgs) -> Result<()> {
     let mut rear = load(&a.model)?;
     let (prompt, notice) = a.ctx.spec().prompt(&rear)?;
     if let Some(n) = notice {
-        eprintln!("notice: {n}");
+        defer_notice(format!("notice: {n}"));
     }
     let response = match (&a.response, &a.response_ids) {
         (Some(_), Some(_)) => bail!("--response and --response-ids cannot be used together"),
@@ -387,7 +402,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("the model has no tokenizer.json"))?;
     let (prompt, notice) = spec.prompt(&rear)?;
     if let Some(n) = notice {
-        eprintln!("notice: {n}");
+        defer_notice(format!("notice: {n}"));
     }
     let text = |ids: &[u32]| tok.decode(ids, false);
     let base = prompt.mixture.base();

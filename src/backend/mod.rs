@@ -115,6 +115,23 @@ pub trait Backend: Send + Sync {
         rows: &[u32],
         out: &mut Vec<f32>,
     ) -> Result<()>;
+
+    /// One whole forward pass (see [`forward`]); a device may override it with a fused
+    /// implementation that computes the same thing (CUDA: fewer launches, graph replay).
+    fn forward(
+        &self,
+        cfg: &ModelConfig,
+        w: &Self::Weights,
+        layout: &StepLayout,
+        kv: &mut Self::Kv,
+        s: &mut Scratch<Self>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        forward(self, cfg, w, layout, kv, s, logits)
+    }
 }
 
 /// Reusable activation buffers of one engine.

@@ -26,8 +26,8 @@ use crate::backend::{Backend, Norm, StepLayout};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::weights::ModelWeights;
-use device::{DevBuf, Gpu};
 pub use device::{cuda_available, kernels_embedded};
+use device::{DevBuf, Gpu};
 pub use ops::MatmulPath;
 pub use sample::{Choice, RowState, SampleMode, SampleSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +53,10 @@ impl Default for CudaOptions {
             .and_then(|v| v.parse().ok())
             .unwrap_or(REAR_DEFAULT_MMA_MIN_ROWS);
         let warp_matmul = std::env::var("REAR_CUDA_DECODE_MATMUL").map_or(true, |v| v != "block");
-        CudaOptions { mma_min_rows, warp_matmul }
+        CudaOptions {
+            mma_min_rows,
+            warp_matmul,
+        }
     }
 }
 
@@ -109,18 +112,29 @@ impl Scratch {
 
     /// Uploads `[positions | row_seq | block tables]` unless the same layout is already there
     /// (every layer of a step reads the same one). Returns the pointers and the table stride.
-    fn upload_layout(&mut self, gpu: &Gpu, layout: &StepLayout) -> Result<(ops::LayoutPtrs, usize)> {
+    fn upload_layout(
+        &mut self,
+        gpu: &Gpu,
+        layout: &StepLayout,
+    ) -> Result<(ops::LayoutPtrs, usize)> {
         let rows = layout.rows();
-        let stride = layout.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(0).max(1);
+        let stride = layout
+            .seqs
+            .iter()
+            .map(|s| s.blocks.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut packed = std::mem::take(&mut self.layout_host);
         let same = self.layout_valid && {
             // Compare in place without building a second vector.
             let mut it = packed.iter();
             layout.positions.iter().all(|p| it.next() == Some(p))
                 && layout.row_seq.iter().all(|p| it.next() == Some(p))
-                && layout.seqs.iter().all(|s| {
-                    (0..stride).all(|j| it.next() == Some(s.blocks.get(j).unwrap_or(&0)))
-                })
+                && layout
+                    .seqs
+                    .iter()
+                    .all(|s| (0..stride).all(|j| it.next() == Some(s.blocks.get(j).unwrap_or(&0))))
                 && it.next().is_none()
         };
         if !same {
@@ -322,7 +336,16 @@ impl CudaBackend {
         }
         out.shape(x.rows, x.width)?;
         let gw = self.norm_weight(w, which).ptr();
-        ops::add_rms_norm(g, x.ptr(), y.ptr(), gw, x.rows, x.width, w.cfg.rms_norm_eps, out.ptr())
+        ops::add_rms_norm(
+            g,
+            x.ptr(),
+            y.ptr(),
+            gw,
+            x.rows,
+            x.width,
+            w.cfg.rms_norm_eps,
+            out.ptr(),
+        )
     }
 
     /// Final norm and LM head over `rows` of `x`, leaving the logits on the device (for
@@ -380,6 +403,20 @@ impl Backend for CudaBackend {
 
     fn load_weights(&self, cfg: &ModelConfig, w: &ModelWeights) -> Result<CudaWeights> {
         weights::upload(&self.gpu, cfg, w)
+    }
+
+    /// The fused step (fewer launches, CUDA-graph replay of repeated shapes); computes what
+    /// `backend::forward` computes through the layer methods.
+    fn forward(
+        &self,
+        _cfg: &ModelConfig,
+        w: &CudaWeights,
+        layout: &StepLayout,
+        kv: &mut CudaKv,
+        _s: &mut crate::backend::Scratch<Self>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.forward_fused(w, layout, kv, Some(logits))
     }
 
     fn new_act(&self) -> CudaAct {
@@ -460,7 +497,13 @@ impl Backend for CudaBackend {
         let flat: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
         s.pairs.ensure(flat.len() * 4)?;
         g.htod(s.pairs.ptr(), &flat)?;
-        ops::kv_copy_blocks(g, kv.pool.ptr(), kv.block_stride(), s.pairs.ptr(), pairs.len())
+        ops::kv_copy_blocks(
+            g,
+            kv.pool.ptr(),
+            kv.block_stride(),
+            s.pairs.ptr(),
+            pairs.len(),
+        )
     }
 
     fn embed(&self, w: &CudaWeights, tokens: &[u32], x: &mut CudaAct) -> Result<()> {
@@ -484,7 +527,15 @@ impl Backend for CudaBackend {
         g.bind()?;
         out.shape(x.rows, x.width)?;
         let gw = self.norm_weight(w, which).ptr();
-        ops::rms_norm(g, x.ptr(), gw, x.rows, x.width, w.cfg.rms_norm_eps, out.ptr())
+        ops::rms_norm(
+            g,
+            x.ptr(),
+            gw,
+            x.rows,
+            x.width,
+            w.cfg.rms_norm_eps,
+            out.ptr(),
+        )
     }
 
     fn attention(
@@ -532,7 +583,18 @@ impl Backend for CudaBackend {
         let qkv = s.qkv.ptr();
         let path = self.path();
         let bias = |b: &Option<DevBuf>| b.as_ref().map(|b| b.ptr());
-        ops::matmul(g, &lw.qkv, bias(&lw.qkv_bias), x.ptr(), x.width, rows, qkv, qkv_w, false, path)?;
+        ops::matmul(
+            g,
+            &lw.qkv,
+            bias(&lw.qkv_bias),
+            x.ptr(),
+            x.width,
+            rows,
+            qkv,
+            qkv_w,
+            false,
+            path,
+        )?;
         let kvl = kv.layout(layer, stride);
         let rp = types::RearRopeParams {
             rows: rows as u32,
@@ -587,10 +649,32 @@ impl Backend for CudaBackend {
         let path = self.path();
         let gu = s.gu.ptr();
         let gub = lw.gate_up_bias.as_ref().map(|b| b.ptr());
-        ops::matmul(g, &lw.gate_up, gub, x.ptr(), x.width, rows, gu, 2 * im, false, path)?;
+        ops::matmul(
+            g,
+            &lw.gate_up,
+            gub,
+            x.ptr(),
+            x.width,
+            rows,
+            gu,
+            2 * im,
+            false,
+            path,
+        )?;
         out.shape(rows, w.cfg.hidden_size)?;
         let db = lw.down_bias.as_ref().map(|b| b.ptr());
-        ops::matmul(g, &lw.down, db, gu, 2 * im, rows, out.ptr(), w.cfg.hidden_size, true, path)
+        ops::matmul(
+            g,
+            &lw.down,
+            db,
+            gu,
+            2 * im,
+            rows,
+            out.ptr(),
+            w.cfg.hidden_size,
+            true,
+            path,
+        )
     }
 
     fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {
