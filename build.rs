@@ -205,7 +205,10 @@ impl Nvrtc {
     }
 
     fn describe(&self) -> String {
-        format!("NVRTC {}.{} ({})", self.version.0, self.version.1, self.path)
+        format!(
+            "NVRTC {}.{} ({})",
+            self.version.0, self.version.1, self.path
+        )
     }
 
     fn err(&self, r: NvrtcResult) -> String {
@@ -231,11 +234,14 @@ impl Nvrtc {
     ) -> Result<(Vec<u8>, String), String> {
         let c_src = CString::new(src).map_err(|_| format!("{name}: NUL byte in source"))?;
         let c_name = CString::new(name).unwrap();
-        let opts: Vec<CString> = [format!("--gpu-architecture={arch}"), format!("--include-path={}", include.display())]
-            .into_iter()
-            .chain(OPTIONS.iter().map(|s| s.to_string()))
-            .map(|s| CString::new(s).unwrap())
-            .collect();
+        let opts: Vec<CString> = [
+            format!("--gpu-architecture={arch}"),
+            format!("--include-path={}", include.display()),
+        ]
+        .into_iter()
+        .chain(OPTIONS.iter().map(|s| s.to_string()))
+        .map(|s| CString::new(s).unwrap())
+        .collect();
         let opt_ptrs: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
         // SAFETY: every pointer passed lives until the call returns; the program is destroyed on
         // every path.
@@ -263,10 +269,7 @@ impl Nvrtc {
                 .to_string();
             if r != 0 {
                 (self.destroy)(&mut prog);
-                return Err(format!(
-                    "{name} ({arch}): {}\n{log}",
-                    self.err(r)
-                ));
+                return Err(format!("{name} ({arch}): {}\n{log}", self.err(r)));
             }
             let (size_fn, get_fn) = match kind {
                 Output::Cubin => (self.cubin_size, self.cubin),
@@ -276,13 +279,19 @@ impl Nvrtc {
             let r = size_fn(prog, &mut n);
             if r != 0 {
                 (self.destroy)(&mut prog);
-                return Err(format!("{name} ({arch}): getting the output size: {}", self.err(r)));
+                return Err(format!(
+                    "{name} ({arch}): getting the output size: {}",
+                    self.err(r)
+                ));
             }
             let mut bin = vec![0u8; n];
             let r = get_fn(prog, bin.as_mut_ptr() as *mut c_char);
             (self.destroy)(&mut prog);
             if r != 0 {
-                return Err(format!("{name} ({arch}): getting the output: {}", self.err(r)));
+                return Err(format!(
+                    "{name} ({arch}): getting the output: {}",
+                    self.err(r)
+                ));
             }
             if kind == Output::Ptx {
                 // Keep exactly one trailing NUL (the driver reads PTX as a C string).
@@ -328,7 +337,12 @@ fn find_nvrtc() -> Result<Nvrtc, String> {
     if std::env::var("REAR_NVRTC_LIB").is_ok_and(|v| v == "off") {
         return Err("REAR_NVRTC_LIB=off".into());
     }
-    const NAMES: &[&str] = &["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so", "nvrtc64_120_0.dll"];
+    const NAMES: &[&str] = &[
+        "libnvrtc.so.12",
+        "libnvrtc.so.13",
+        "libnvrtc.so",
+        "nvrtc64_120_0.dll",
+    ];
     let mut tried: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let mut try_file = |p: &Path, tried: &mut Vec<String>| -> Option<Nvrtc> {
@@ -362,7 +376,12 @@ fn find_nvrtc() -> Result<Nvrtc, String> {
     for var in ["CUDA_PATH", "CUDA_HOME"] {
         if let Ok(v) = std::env::var(var) {
             let root = PathBuf::from(v);
-            for sub in ["lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"] {
+            for sub in [
+                "lib64",
+                "lib",
+                "targets/x86_64-linux/lib",
+                "targets/sbsa-linux/lib",
+            ] {
                 candidates.extend(in_dir(&root.join(sub)));
             }
         }
@@ -394,9 +413,11 @@ fn find_nvrtc() -> Result<Nvrtc, String> {
         }
     }
     if errors.is_empty() {
-        Err("no libnvrtc in REAR_NVRTC_LIB, CUDA_PATH, CUDA_HOME, Python's nvidia wheels, \
+        Err(
+            "no libnvrtc in REAR_NVRTC_LIB, CUDA_PATH, CUDA_HOME, Python's nvidia wheels, \
              /usr/local/cuda or the system library path"
-            .into())
+                .into(),
+        )
     } else {
         Err(errors.join("; "))
     }
@@ -513,7 +534,12 @@ fn compile_cached(
         }
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(kernels)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     for f in &files {
@@ -531,7 +557,15 @@ fn compile_cached(
     let names = |d: &Path| -> Vec<(String, Vec<PathBuf>)> {
         sources
             .iter()
-            .map(|(n, _)| (n.clone(), TARGETS.iter().map(|t| d.join(format!("{n}.{}", t.2))).collect()))
+            .map(|(n, _)| {
+                (
+                    n.clone(),
+                    TARGETS
+                        .iter()
+                        .map(|t| d.join(format!("{n}.{}", t.2)))
+                        .collect(),
+                )
+            })
             .collect()
     };
     if let Some(d) = &dir {

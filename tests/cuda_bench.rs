@@ -15,7 +15,9 @@
 //! `REAR_BENCH_STEPS` (default 64) decode steps are timed after 4 warm-up steps; the prompt is
 //! `REAR_BENCH_PROMPT` (default 64) tokens; the copy bandwidth is measured over 20 copies of
 //! `REAR_BENCH_COPY_MIB` (default 1024) MiB.
-use rear::backend::cuda::{cuda_available, CudaBackend, CudaWeights, RowState, SampleMode, SampleSpec};
+use rear::backend::cuda::{
+    cuda_available, CudaBackend, CudaWeights, RowState, SampleMode, SampleSpec,
+};
 use rear::backend::{Backend, Norm, SeqBlocks, StepLayout};
 use rear::engine::{Engine, EngineOptions, Extend, StepApi};
 use rear::model::Model;
@@ -25,7 +27,10 @@ use std::io::Write;
 use std::time::Instant;
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn say(msg: &str) {
@@ -36,15 +41,28 @@ fn say(msg: &str) {
 /// steps of one token per row, the logits left on the device and the fused sampler choosing
 /// (only token ids come back). `fused`: `forward_fused` (fused kernels, CUDA graph replay);
 /// else the trait's layer calls one by one. Returns ms per timed step.
-fn device_steps(b: &CudaBackend, w: &CudaWeights, prompt: &[u32], rows: usize, warm: usize, steps: usize, fused: bool) -> f64 {
+fn device_steps(
+    b: &CudaBackend,
+    w: &CudaWeights,
+    prompt: &[u32],
+    rows: usize,
+    warm: usize,
+    steps: usize,
+    fused: bool,
+) -> f64 {
     let cfg = w.config();
     let bs = 16;
     let mut kv = b.new_kv(cfg, bs).unwrap();
     let per = (prompt.len() + warm + steps + 1).div_ceil(bs);
     b.reserve_blocks(&mut kv, per * rows).unwrap();
-    let mut layout = StepLayout { block_size: bs, ..Default::default() };
+    let mut layout = StepLayout {
+        block_size: bs,
+        ..Default::default()
+    };
     for r in 0..rows {
-        layout.seqs.push(SeqBlocks { blocks: ((r * per) as u32..((r + 1) * per) as u32).collect() });
+        layout.seqs.push(SeqBlocks {
+            blocks: ((r * per) as u32..((r + 1) * per) as u32).collect(),
+        });
     }
     let (mut h, mut xn, mut tmp) = (b.new_act(), b.new_act(), b.new_act());
     let mut run = |layout: &StepLayout, kv: &mut rear::backend::cuda::CudaKv| {
@@ -76,10 +94,23 @@ fn device_steps(b: &CudaBackend, w: &CudaWeights, prompt: &[u32], rows: usize, w
     b.synchronize().unwrap();
     // Decode: rows of 2 contexts each form one response row of the sampler.
     let guided = Mixture::Guided { lambdas: vec![3.0] };
-    let (mix, hyps) = if rows == 1 { (Mixture::Single, 1) } else { (guided, rows / 2) };
-    let mode = if rows > 2 { SampleMode::TopK(rows.min(64)) } else { SampleMode::Argmax };
+    let (mix, hyps) = if rows == 1 {
+        (Mixture::Single, 1)
+    } else {
+        (guided, rows / 2)
+    };
+    let mode = if rows > 2 {
+        SampleMode::TopK(rows.min(64))
+    } else {
+        SampleMode::Argmax
+    };
     let states = vec![RowState::default(); hyps];
-    let spec = SampleSpec { mixture: &mix, mode, seed: 0, from_context0: false };
+    let spec = SampleSpec {
+        mixture: &mix,
+        mode,
+        seed: 0,
+        from_context0: false,
+    };
     let mut t0 = Instant::now();
     for s in 0..warm + steps {
         if s == warm {
@@ -91,7 +122,9 @@ fn device_steps(b: &CudaBackend, w: &CudaWeights, prompt: &[u32], rows: usize, w
         layout.row_seq.clear();
         layout.logit_rows.clear();
         for r in 0..rows {
-            layout.tokens.push(((s * 31 + r * 7) % cfg.vocab_size) as u32);
+            layout
+                .tokens
+                .push(((s * 31 + r * 7) % cfg.vocab_size) as u32);
             layout.positions.push((prompt.len() + s) as u32);
             layout.row_seq.push(r as u32);
             layout.logit_rows.push(r as u32);
@@ -104,11 +137,25 @@ fn device_steps(b: &CudaBackend, w: &CudaWeights, prompt: &[u32], rows: usize, w
 }
 
 /// The same through the engine's step API (logits copied to the host each step).
-fn engine_steps(e: &mut Engine<CudaBackend>, prompt: &[u32], rows: usize, warm: usize, steps: usize) -> f64 {
+fn engine_steps(
+    e: &mut Engine<CudaBackend>,
+    prompt: &[u32],
+    rows: usize,
+    warm: usize,
+    steps: usize,
+) -> f64 {
     let vocab = e.config().vocab_size;
     let root = e.new_seq();
     let mut logits = Vec::new();
-    e.extend(&[Extend { seq: root, tokens: prompt, all_logits: false }], &mut logits).unwrap();
+    e.extend(
+        &[Extend {
+            seq: root,
+            tokens: prompt,
+            all_logits: false,
+        }],
+        &mut logits,
+    )
+    .unwrap();
     let mut seqs = vec![root];
     for _ in 1..rows {
         seqs.push(e.fork(root));
@@ -118,9 +165,18 @@ fn engine_steps(e: &mut Engine<CudaBackend>, prompt: &[u32], rows: usize, warm: 
         if s == warm {
             t0 = Instant::now();
         }
-        let toks: Vec<[u32; 1]> = (0..rows).map(|r| [((s * 31 + r * 7) % vocab) as u32]).collect();
-        let items: Vec<Extend<'_>> =
-            seqs.iter().zip(&toks).map(|(&seq, t)| Extend { seq, tokens: t, all_logits: false }).collect();
+        let toks: Vec<[u32; 1]> = (0..rows)
+            .map(|r| [((s * 31 + r * 7) % vocab) as u32])
+            .collect();
+        let items: Vec<Extend<'_>> = seqs
+            .iter()
+            .zip(&toks)
+            .map(|(&seq, t)| Extend {
+                seq,
+                tokens: t,
+                all_logits: false,
+            })
+            .collect();
         e.extend(&items, &mut logits).unwrap();
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
@@ -132,10 +188,24 @@ fn engine_steps(e: &mut Engine<CudaBackend>, prompt: &[u32], rows: usize, warm: 
 
 /// Guided greedy through the search layer: ms per generated token (two lengths differenced, so
 /// the prefill cancels).
-fn guided_greedy(e: &mut Engine<CudaBackend>, prompt: &[u32], base: &[u32], n1: usize, n2: usize) -> f64 {
-    let p = Prompt { contexts: vec![prompt.to_vec(), base.to_vec()], mixture: Mixture::Guided { lambdas: vec![3.0] } };
+fn guided_greedy(
+    e: &mut Engine<CudaBackend>,
+    prompt: &[u32],
+    base: &[u32],
+    n1: usize,
+    n2: usize,
+) -> f64 {
+    let p = Prompt {
+        contexts: vec![prompt.to_vec(), base.to_vec()],
+        mixture: Mixture::Guided { lambdas: vec![3.0] },
+    };
     let mut time = |n: usize| {
-        let sp = SearchParams { algo: Algo::Greedy, max_new_tokens: n, ignore_eos: true, ..SearchParams::default() };
+        let sp = SearchParams {
+            algo: Algo::Greedy,
+            max_new_tokens: n,
+            ignore_eos: true,
+            ..SearchParams::default()
+        };
         let t0 = Instant::now();
         let s = search::start(e, &p, &sp).unwrap();
         let out = search::run(e, &mut [s]).unwrap();
@@ -154,7 +224,9 @@ fn decode_step_timings() {
         return;
     };
     if let Err(why) = cuda_available() {
-        say(&format!("decode_step_timings: skipped: no CUDA device ({why})"));
+        say(&format!(
+            "decode_step_timings: skipped: no CUDA device ({why})"
+        ));
         return;
     }
     let b = CudaBackend::new(0).unwrap();
@@ -162,17 +234,28 @@ fn decode_step_timings() {
     let cfg = m.config.clone();
     let (warm, steps) = (4, env_usize("REAR_BENCH_STEPS", 64));
     let plen = env_usize("REAR_BENCH_PROMPT", 64);
-    let prompt: Vec<u32> = (0..plen).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect();
+    let prompt: Vec<u32> = (0..plen)
+        .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+        .collect();
     let base: Vec<u32> = prompt[plen / 2..].to_vec();
     let bytes = m.weights.bytes_per_step();
-    let bw = b.copy_bandwidth(env_usize("REAR_BENCH_COPY_MIB", 1024) << 20, 20).unwrap();
+    let bw = b
+        .copy_bandwidth(env_usize("REAR_BENCH_COPY_MIB", 1024) << 20, 20)
+        .unwrap();
     let floor_ms = bytes as f64 / bw * 1e3;
-    say(&format!("{}: {} weight bytes per step, copy bandwidth {:.0} GB/s, floor {floor_ms:.3} ms", b.describe(), bytes, bw / 1e9));
+    say(&format!(
+        "{}: {} weight bytes per step, copy bandwidth {:.0} GB/s, floor {floor_ms:.3} ms",
+        b.describe(),
+        bytes,
+        bw / 1e9
+    ));
     let w = b.load_weights(&cfg, &m.weights).unwrap();
     let (mut dev, mut unfused) = (Vec::new(), Vec::new());
     for rows in [1, 2, 32] {
         let ms = device_steps(&b, &w, &prompt, rows, warm, steps, true);
-        say(&format!("device step (fused, graph), {rows} rows: {ms:.3} ms"));
+        say(&format!(
+            "device step (fused, graph), {rows} rows: {ms:.3} ms"
+        ));
         dev.push((rows, ms));
         let ms = device_steps(&b, &w, &prompt, rows, warm, steps, false);
         say(&format!("device step (trait ops), {rows} rows: {ms:.3} ms"));
@@ -186,7 +269,10 @@ fn decode_step_timings() {
     let mut alt = Vec::new();
     for rows in [1, 2] {
         let ms = device_steps(&other, &w, &prompt, rows, warm, steps, true);
-        say(&format!("device step (fused, graph), {rows} rows, warp_matmul={}: {ms:.3} ms", o.warp_matmul));
+        say(&format!(
+            "device step (fused, graph), {rows} rows, warp_matmul={}: {ms:.3} ms",
+            o.warp_matmul
+        ));
         alt.push((rows, ms));
     }
     // 32 rows on the CUDA-core kernel (each weight re-read per tile of 8 rows) instead of mma.
@@ -195,12 +281,25 @@ fn decode_step_timings() {
     o.mma_min_rows = usize::MAX;
     nomma.set_options(o);
     let ms = device_steps(&nomma, &w, &prompt, 32, warm, steps, true);
-    say(&format!("device step (fused, graph), 32 rows, no tensor cores: {ms:.3} ms"));
+    say(&format!(
+        "device step (fused, graph), 32 rows, no tensor cores: {ms:.3} ms"
+    ));
     let no_mma_32 = ms;
     let (replays, eager) = b.step_counts();
-    say(&format!("fused steps: {replays} graph replays, {eager} eager"));
+    say(&format!(
+        "fused steps: {replays} graph replays, {eager} eager"
+    ));
     drop(w);
-    let mut e = Engine::new(b.clone(), &cfg, &m.weights, &EngineOptions { block_size: 16, kv_cache_mib: 8192 }).unwrap();
+    let mut e = Engine::new(
+        b.clone(),
+        &cfg,
+        &m.weights,
+        &EngineOptions {
+            block_size: 16,
+            kv_cache_mib: 8192,
+        },
+    )
+    .unwrap();
     let mut eng = Vec::new();
     for rows in [1, 2, 32] {
         let ms = engine_steps(&mut e, &prompt, rows, warm, steps);
@@ -210,7 +309,11 @@ fn decode_step_timings() {
     let gg = guided_greedy(&mut e, &prompt, &base, 16, 16 + steps);
     say(&format!("guided greedy (search layer): {gg:.3} ms/token"));
     let obj = |v: &[(usize, f64)]| {
-        serde_json::Value::Object(v.iter().map(|(r, ms)| (r.to_string(), serde_json::json!(ms))).collect())
+        serde_json::Value::Object(
+            v.iter()
+                .map(|(r, ms)| (r.to_string(), serde_json::json!(ms)))
+                .collect(),
+        )
     };
     let json = serde_json::json!({
         "device": b.describe(),

@@ -28,7 +28,8 @@ const MODELS: &[&str] = &[
 
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Err(why) = cuda_available() {
-        let _ = std::io::stderr().write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
+        let _ = std::io::stderr()
+            .write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
         return None;
     }
     match CudaBackend::new(0) {
@@ -41,7 +42,8 @@ fn gpu(test: &str) -> Option<CudaBackend> {
 /// scripts/gpu-check.sh, whose test binaries run away from the tree they were built in), else
 /// the tree it was built from.
 fn dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("REAR_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root = std::env::var_os("REAR_REPO")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     root.join("tests/fixtures").join(name)
 }
 
@@ -50,7 +52,11 @@ fn golden(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn f32_stored(name: &str) -> bool {
@@ -67,7 +73,10 @@ fn tolerance(name: &str) -> f32 {
 
 /// Small blocks so that sequences span several blocks and forks share a partial last block.
 fn opts() -> EngineOptions {
-    EngineOptions { block_size: 4, kv_cache_mib: 64 }
+    EngineOptions {
+        block_size: 4,
+        kv_cache_mib: 64,
+    }
 }
 
 fn engines(b: &CudaBackend, name: &str) -> (Model, Engine<CpuBackend>, Engine<CudaBackend>) {
@@ -78,7 +87,10 @@ fn engines(b: &CudaBackend, name: &str) -> (Model, Engine<CpuBackend>, Engine<Cu
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Extends the same items on both engines and compares the log-softmax of the logits.
@@ -90,13 +102,30 @@ fn step_both(
     tol: f32,
     what: &str,
 ) {
-    let ci: Vec<Extend<'_>> = items.iter().map(|(c, _, t, a)| Extend { seq: *c, tokens: t, all_logits: *a }).collect();
-    let gi: Vec<Extend<'_>> = items.iter().map(|(_, g, t, a)| Extend { seq: *g, tokens: t, all_logits: *a }).collect();
+    let ci: Vec<Extend<'_>> = items
+        .iter()
+        .map(|(c, _, t, a)| Extend {
+            seq: *c,
+            tokens: t,
+            all_logits: *a,
+        })
+        .collect();
+    let gi: Vec<Extend<'_>> = items
+        .iter()
+        .map(|(_, g, t, a)| Extend {
+            seq: *g,
+            tokens: t,
+            all_logits: *a,
+        })
+        .collect();
     let (mut lc, mut lg) = (Vec::new(), Vec::new());
     cpu.extend(&ci, &mut lc).unwrap();
     gpu.extend(&gi, &mut lg).unwrap();
     assert_eq!(lc.len(), lg.len(), "{what}: logit rows");
-    assert!(lg.iter().all(|x| x.is_finite()), "{what}: non-finite logits on the GPU");
+    assert!(
+        lg.iter().all(|x| x.is_finite()),
+        "{what}: non-finite logits on the GPU"
+    );
     log_softmax_rows(&mut lc, vocab);
     log_softmax_rows(&mut lg, vocab);
     let d = max_diff(&lc, &lg);
@@ -105,7 +134,9 @@ fn step_both(
 
 #[test]
 fn logits_match_cpu_through_prefill_forks_and_batched_decode() {
-    let Some(b) = gpu("logits_match_cpu_through_prefill_forks_and_batched_decode") else { return };
+    let Some(b) = gpu("logits_match_cpu_through_prefill_forks_and_batched_decode") else {
+        return;
+    };
     for name in MODELS {
         let (m, mut cpu, mut gpu) = engines(&b, name);
         let vocab = m.config.vocab_size;
@@ -117,20 +148,46 @@ fn logits_match_cpu_through_prefill_forks_and_batched_decode() {
         let (c1, g1) = (cpu.new_seq(), gpu.new_seq());
         // Two prompts prefilled in one pass, logits at every position.
         let other: Vec<u32> = prompt.iter().rev().copied().collect();
-        step_both(&mut cpu, &mut gpu, &[(c0, g0, prompt.clone(), true), (c1, g1, other, false)], vocab, tol, name);
+        step_both(
+            &mut cpu,
+            &mut gpu,
+            &[(c0, g0, prompt.clone(), true), (c1, g1, other, false)],
+            vocab,
+            tol,
+            name,
+        );
         // Forks share the prompt's blocks (the last one partially filled: copy-on-write).
         let forks: Vec<(SeqId, SeqId)> = (0..3).map(|_| (cpu.fork(c0), gpu.fork(g0))).collect();
         for step in 0..6u32 {
             let mut items = vec![(c0, g0, vec![(step * 7 + 3) % vocab as u32], false)];
             for (i, &(c, gg)) in forks.iter().enumerate() {
-                items.push((c, gg, vec![(step * 13 + i as u32 * 31 + 1) % vocab as u32], false));
+                items.push((
+                    c,
+                    gg,
+                    vec![(step * 13 + i as u32 * 31 + 1) % vocab as u32],
+                    false,
+                ));
             }
             items.push((c1, g1, vec![5 + step], false));
-            step_both(&mut cpu, &mut gpu, &items, vocab, tol, &format!("{name} decode step {step}"));
+            step_both(
+                &mut cpu,
+                &mut gpu,
+                &items,
+                vocab,
+                tol,
+                &format!("{name} decode step {step}"),
+            );
         }
         // A multi-token extension of a fork (prefill continuing a cached sequence).
         let (c, gg) = forks[1];
-        step_both(&mut cpu, &mut gpu, &[(c, gg, vec![1, 2, 3, 4, 5, 6, 7], true)], vocab, tol, &format!("{name} chunk"));
+        step_both(
+            &mut cpu,
+            &mut gpu,
+            &[(c, gg, vec![1, 2, 3, 4, 5, 6, 7], true)],
+            vocab,
+            tol,
+            &format!("{name} chunk"),
+        );
         for (c, gg) in forks.into_iter().chain([(c0, g0), (c1, g1)]) {
             cpu.free(c);
             gpu.free(gg);
@@ -145,14 +202,22 @@ fn run(api: &mut dyn StepApi, prompt: &Prompt, p: &SearchParams) -> Vec<Candidat
 }
 
 fn params(m: &Model, algo: Algo, max_new: usize) -> SearchParams {
-    SearchParams { algo, max_new_tokens: max_new, eos_token_ids: m.config.eos_token_ids.clone(), ..SearchParams::default() }
+    SearchParams {
+        algo,
+        max_new_tokens: max_new,
+        eos_token_ids: m.config.eos_token_ids.clone(),
+        ..SearchParams::default()
+    }
 }
 
 fn compare(name: &str, what: &str, cpu: &[Candidate], gpu: &[Candidate]) {
     assert_eq!(cpu.len(), gpu.len(), "{name} {what}: candidates");
     for (c, g) in cpu.iter().zip(gpu) {
         if f32_stored(name) {
-            assert_eq!(c.token_ids, g.token_ids, "{name} {what}: tokens differ from the CPU");
+            assert_eq!(
+                c.token_ids, g.token_ids,
+                "{name} {what}: tokens differ from the CPU"
+            );
         }
         if c.token_ids == g.token_ids {
             let tol = tolerance(name) * c.token_ids.len().max(1) as f32;
@@ -165,42 +230,81 @@ fn compare(name: &str, what: &str, cpu: &[Candidate], gpu: &[Candidate]) {
 
 #[test]
 fn greedy_guided_and_beam_match_cpu_and_transformers() {
-    let Some(b) = gpu("greedy_guided_and_beam_match_cpu_and_transformers") else { return };
+    let Some(b) = gpu("greedy_guided_and_beam_match_cpu_and_transformers") else {
+        return;
+    };
     for name in MODELS {
         let (m, mut cpu, mut gpu) = engines(&b, name);
         let g = golden(name);
         for case in g["greedy"].as_array().unwrap() {
-            let prompt = Prompt { contexts: vec![ids(&case["prompt_ids"])], mixture: Mixture::Single };
-            let mut p = params(&m, Algo::Greedy, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let prompt = Prompt {
+                contexts: vec![ids(&case["prompt_ids"])],
+                mixture: Mixture::Single,
+            };
+            let mut p = params(
+                &m,
+                Algo::Greedy,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.ignore_eos = case["ignore_eos"].as_bool().unwrap();
             p.eos_token_ids = ids(&case["eos_token_ids"]);
             let (c, gg) = (run(&mut cpu, &prompt, &p), run(&mut gpu, &prompt, &p));
-            assert_eq!(gg[0].token_ids, ids(&case["token_ids"]), "{name}: greedy vs transformers");
+            assert_eq!(
+                gg[0].token_ids,
+                ids(&case["token_ids"]),
+                "{name}: greedy vs transformers"
+            );
             compare(name, "greedy", &c, &gg);
         }
         for case in g["cfg"].as_array().unwrap() {
             let lambda = case["lambda"].as_f64().unwrap() as f32;
             let prompt = Prompt {
                 contexts: vec![ids(&case["prompt_ids"]), ids(&case["base_ids"])],
-                mixture: Mixture::Guided { lambdas: vec![lambda] },
+                mixture: Mixture::Guided {
+                    lambdas: vec![lambda],
+                },
             };
-            let mut p = params(&m, Algo::Greedy, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let mut p = params(
+                &m,
+                Algo::Greedy,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.ignore_eos = true;
             let (c, gg) = (run(&mut cpu, &prompt, &p), run(&mut gpu, &prompt, &p));
-            assert_eq!(gg[0].token_ids, ids(&case["token_ids"]), "{name}: guided greedy λ={lambda} vs transformers CFG");
+            assert_eq!(
+                gg[0].token_ids,
+                ids(&case["token_ids"]),
+                "{name}: guided greedy λ={lambda} vs transformers CFG"
+            );
             compare(name, "guided greedy", &c, &gg);
             // Guided beam search over both contexts (2B rows a step).
-            let pb = SearchParams { algo: Algo::Beam, beams: 3, ..p.clone() };
+            let pb = SearchParams {
+                algo: Algo::Beam,
+                beams: 3,
+                ..p.clone()
+            };
             let (c, gg) = (run(&mut cpu, &prompt, &pb), run(&mut gpu, &prompt, &pb));
             compare(name, "guided beam", &c, &gg);
         }
         for case in g["beam"].as_array().unwrap() {
-            let prompt = Prompt { contexts: vec![ids(&case["prompt_ids"])], mixture: Mixture::Single };
-            let mut p = params(&m, Algo::Beam, case["max_new_tokens"].as_u64().unwrap() as usize);
+            let prompt = Prompt {
+                contexts: vec![ids(&case["prompt_ids"])],
+                mixture: Mixture::Single,
+            };
+            let mut p = params(
+                &m,
+                Algo::Beam,
+                case["max_new_tokens"].as_u64().unwrap() as usize,
+            );
             p.beams = case["num_beams"].as_u64().unwrap() as usize;
             p.ignore_eos = true;
             let (c, gg) = (run(&mut cpu, &prompt, &p), run(&mut gpu, &prompt, &p));
-            let want: Vec<Vec<u32>> = case["sequences"].as_array().unwrap().iter().map(ids).collect();
+            let want: Vec<Vec<u32>> = case["sequences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(ids)
+                .collect();
             let got: Vec<Vec<u32>> = gg.iter().map(|x| x.token_ids.clone()).collect();
             assert_eq!(got, want, "{name}: beam B={} vs transformers", p.beams);
             compare(name, "beam", &c, &gg);
@@ -211,7 +315,9 @@ fn greedy_guided_and_beam_match_cpu_and_transformers() {
 
 #[test]
 fn seeded_sampling_matches_cpu() {
-    let Some(b) = gpu("seeded_sampling_matches_cpu") else { return };
+    let Some(b) = gpu("seeded_sampling_matches_cpu") else {
+        return;
+    };
     for name in MODELS.iter().filter(|n| f32_stored(n)) {
         let (m, mut cpu, mut gpu) = engines(&b, name);
         let g = golden(name);
@@ -227,7 +333,11 @@ fn seeded_sampling_matches_cpu() {
                 chunk_tokens: 3,
                 seed: 1234,
                 ignore_eos: true,
-                sampling: SampleParams { temperature: 0.8, top_k: 20, top_p: 0.9 },
+                sampling: SampleParams {
+                    temperature: 0.8,
+                    top_k: 20,
+                    top_p: 0.9,
+                },
                 ..params(&m, algo, 8)
             };
             let (c, gg) = (run(&mut cpu, &prompt, &p), run(&mut gpu, &prompt, &p));
@@ -238,7 +348,9 @@ fn seeded_sampling_matches_cpu() {
 
 #[test]
 fn fused_rear_sample_matches_the_host_path_on_model_logits() {
-    let Some(b) = gpu("fused_rear_sample_matches_the_host_path_on_model_logits") else { return };
+    let Some(b) = gpu("fused_rear_sample_matches_the_host_path_on_model_logits") else {
+        return;
+    };
     for name in ["llama_f32", "qwen2_bf16"] {
         let m = Model::load(&dir(name)).unwrap();
         let cfg = &m.config;
@@ -249,10 +361,18 @@ fn fused_rear_sample_matches_the_host_path_on_model_logits() {
         let pref: Vec<u32> = vec![442, 87, 85, 100, 7];
         let base: Vec<u32> = vec![442, 85, 9];
         let nb = |n: usize| n.div_ceil(4);
-        b.reserve_blocks(&mut kv, nb(pref.len()) + nb(base.len())).unwrap();
-        let mut layout = StepLayout { block_size: 4, ..Default::default() };
-        layout.seqs.push(SeqBlocks { blocks: (0..nb(pref.len()) as u32).collect() });
-        layout.seqs.push(SeqBlocks { blocks: (nb(pref.len()) as u32..(nb(pref.len()) + nb(base.len())) as u32).collect() });
+        b.reserve_blocks(&mut kv, nb(pref.len()) + nb(base.len()))
+            .unwrap();
+        let mut layout = StepLayout {
+            block_size: 4,
+            ..Default::default()
+        };
+        layout.seqs.push(SeqBlocks {
+            blocks: (0..nb(pref.len()) as u32).collect(),
+        });
+        layout.seqs.push(SeqBlocks {
+            blocks: (nb(pref.len()) as u32..(nb(pref.len()) + nb(base.len())) as u32).collect(),
+        });
         for (s, ctx) in [&pref, &base].iter().enumerate() {
             for (p, &t) in ctx.iter().enumerate() {
                 layout.tokens.push(t);
@@ -265,8 +385,17 @@ fn fused_rear_sample_matches_the_host_path_on_model_logits() {
         rear::backend::forward(&b, cfg, &w, &layout, &mut kv, &mut scratch, &mut logits).unwrap();
         let vocab = cfg.vocab_size;
         let mix = Mixture::Guided { lambdas: vec![3.0] };
-        let state = [RowState { cum_score: -1.5, stream: 2, step: 0 }];
-        let spec = SampleSpec { mixture: &mix, mode: SampleMode::Argmax, seed: 9, from_context0: false };
+        let state = [RowState {
+            cum_score: -1.5,
+            stream: 2,
+            step: 0,
+        }];
+        let spec = SampleSpec {
+            mixture: &mix,
+            mode: SampleMode::Argmax,
+            seed: 9,
+            from_context0: false,
+        };
         let got = b.rear_sample(&state, &spec).unwrap();
         let mut lp = logits.clone();
         log_softmax_rows(&mut lp, vocab);
@@ -277,18 +406,32 @@ fn fused_rear_sample_matches_the_host_path_on_model_logits() {
         assert!((got[0].logprobs[0] - lp[want as usize]).abs() <= 1e-5);
         assert!((got[0].logprobs[1] - lp[vocab + want as usize]).abs() <= 1e-5);
         assert!((got[0].total - (-1.5 + s[want as usize])).abs() <= 1e-4);
-        let spec = SampleSpec { mode: SampleMode::TopK(4), ..spec };
+        let spec = SampleSpec {
+            mode: SampleMode::TopK(4),
+            ..spec
+        };
         let top = b.rear_sample(&state, &spec).unwrap();
         let mut order: Vec<u32> = (0..vocab as u32).collect();
         order.sort_by(|&a, &c| s[c as usize].total_cmp(&s[a as usize]).then(a.cmp(&c)));
-        assert_eq!(top.iter().map(|c| c.token).collect::<Vec<_>>(), order[..4].to_vec(), "{name}: fused top-4");
+        assert_eq!(
+            top.iter().map(|c| c.token).collect::<Vec<_>>(),
+            order[..4].to_vec(),
+            "{name}: fused top-4"
+        );
     }
 }
 
 #[test]
 fn fused_graph_step_matches_cpu() {
-    let Some(b) = gpu("fused_graph_step_matches_cpu") else { return };
-    for name in ["llama_f32", "qwen3_f32", "llama3_bf16_tied", "mistral_f16_sharded"] {
+    let Some(b) = gpu("fused_graph_step_matches_cpu") else {
+        return;
+    };
+    for name in [
+        "llama_f32",
+        "qwen3_f32",
+        "llama3_bf16_tied",
+        "mistral_f16_sharded",
+    ] {
         let m = Model::load(&dir(name)).unwrap();
         let cfg = &m.config;
         let vocab = cfg.vocab_size;
@@ -302,9 +445,14 @@ fn fused_graph_step_matches_cpu() {
         // Each sequence owns enough blocks for its whole length (interleaved ids).
         let per = (prompts[0].len() + steps).div_ceil(bs);
         b.reserve_blocks(&mut kv, 2 * per).unwrap();
-        let mut layout = StepLayout { block_size: bs, ..Default::default() };
+        let mut layout = StepLayout {
+            block_size: bs,
+            ..Default::default()
+        };
         for s in 0..2 {
-            layout.seqs.push(SeqBlocks { blocks: (0..per as u32).map(|j| 2 * j + s as u32).collect() });
+            layout.seqs.push(SeqBlocks {
+                blocks: (0..per as u32).map(|j| 2 * j + s as u32).collect(),
+            });
         }
         let cs = [cpu.new_seq(), cpu.new_seq()];
         let mut lens = [0usize; 2];
@@ -323,9 +471,15 @@ fn fused_graph_step_matches_cpu() {
                 layout.logit_rows.push(layout.tokens.len() as u32 - 1);
             }
             let mut lg = Vec::new();
-            b.forward_fused(&w, &layout, &mut kv, Some(&mut lg)).unwrap();
-            let items: Vec<Extend<'_>> =
-                (0..2).map(|s| Extend { seq: cs[s], tokens: &tokens[s], all_logits: false }).collect();
+            b.forward_fused(&w, &layout, &mut kv, Some(&mut lg))
+                .unwrap();
+            let items: Vec<Extend<'_>> = (0..2)
+                .map(|s| Extend {
+                    seq: cs[s],
+                    tokens: &tokens[s],
+                    all_logits: false,
+                })
+                .collect();
             let mut lc = Vec::new();
             cpu.extend(&items, &mut lc).unwrap();
             log_softmax_rows(&mut lc, vocab);
@@ -338,9 +492,15 @@ fn fused_graph_step_matches_cpu() {
             }
         }
         let (replays, eager) = b.step_counts();
-        let _ = std::io::stderr().write_all((format!("{name}: {replays} graph replays, {eager} eager launches so far") + "\n").as_bytes());
+        let _ = std::io::stderr().write_all(
+            (format!("{name}: {replays} graph replays, {eager} eager launches so far") + "\n")
+                .as_bytes(),
+        );
         if std::env::var("REAR_CUDA_GRAPHS").as_deref() != Ok("0") {
-            assert!(replays > 0, "{name}: decode steps of one shape were never replayed from a graph");
+            assert!(
+                replays > 0,
+                "{name}: decode steps of one shape were never replayed from a graph"
+            );
         }
     }
 }

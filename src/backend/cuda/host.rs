@@ -14,7 +14,9 @@ use crate::model::weights::Linear;
 
 fn check(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::Input(format!("{what}: {got} values, expected {want}")));
+        return Err(Error::Input(format!(
+            "{what}: {got} values, expected {want}"
+        )));
     }
     Ok(())
 }
@@ -27,7 +29,8 @@ fn pool_from_cpu(k: &[f32], v: &[f32], block_size: usize, kv_dim: usize) -> Vec<
     let mut pool = vec![f32::NAN; blocks * 2 * plane];
     for b in 0..blocks {
         pool[b * 2 * plane..b * 2 * plane + plane].copy_from_slice(&k[b * plane..(b + 1) * plane]);
-        pool[b * 2 * plane + plane..(b + 1) * 2 * plane].copy_from_slice(&v[b * plane..(b + 1) * plane]);
+        pool[b * 2 * plane + plane..(b + 1) * 2 * plane]
+            .copy_from_slice(&v[b * plane..(b + 1) * plane]);
     }
     pool
 }
@@ -35,7 +38,10 @@ fn pool_from_cpu(k: &[f32], v: &[f32], block_size: usize, kv_dim: usize) -> Vec<
 fn pool_to_cpu(pool: &[f32], block_size: usize, kv_dim: usize) -> (Vec<f32>, Vec<f32>) {
     let plane = block_size * kv_dim;
     let blocks = pool.len() / (2 * plane);
-    let (mut k, mut v) = (Vec::with_capacity(blocks * plane), Vec::with_capacity(blocks * plane));
+    let (mut k, mut v) = (
+        Vec::with_capacity(blocks * plane),
+        Vec::with_capacity(blocks * plane),
+    );
     for b in 0..blocks {
         k.extend_from_slice(&pool[b * 2 * plane..b * 2 * plane + plane]);
         v.extend_from_slice(&pool[b * 2 * plane + plane..(b + 1) * 2 * plane]);
@@ -46,7 +52,13 @@ fn pool_to_cpu(pool: &[f32], block_size: usize, kv_dim: usize) -> (Vec<f32>, Vec
 /// Layout arrays on the device: `[positions | row_seq | tables]`, and the table stride.
 fn upload_layout(b: &CudaBackend, layout: &StepLayout) -> Result<(DevBuf, LayoutPtrs, usize)> {
     let rows = layout.rows();
-    let stride = layout.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(0).max(1);
+    let stride = layout
+        .seqs
+        .iter()
+        .map(|s| s.blocks.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut packed = Vec::new();
     packed.extend_from_slice(&layout.positions);
     packed.extend_from_slice(&layout.row_seq);
@@ -73,28 +85,62 @@ fn download(b: &CudaBackend, buf: &DevBuf, n: usize) -> Result<Vec<f32>> {
 impl CudaBackend {
     /// `matmul` of `x: [rows, in]` by `lin` (as `backend::cpu::ops::matmul`).
     #[doc(hidden)]
-    pub fn matmul_host(&self, x: &[f32], rows: usize, lin: &Linear, path: MatmulPath) -> Result<Vec<f32>> {
+    pub fn matmul_host(
+        &self,
+        x: &[f32],
+        rows: usize,
+        lin: &Linear,
+        path: MatmulPath,
+    ) -> Result<Vec<f32>> {
         self.matmul_host_inner(x, rows, lin, path, false)
     }
 
     /// `matmul` of `swiglu(gate, up)` by `lin`, with `gu: [rows, 2·in]` rows `[gate | up]` (the
     /// down projection with SwiGLU fused into its input).
     #[doc(hidden)]
-    pub fn matmul_swiglu_host(&self, gu: &[f32], rows: usize, lin: &Linear, path: MatmulPath) -> Result<Vec<f32>> {
+    pub fn matmul_swiglu_host(
+        &self,
+        gu: &[f32],
+        rows: usize,
+        lin: &Linear,
+        path: MatmulPath,
+    ) -> Result<Vec<f32>> {
         self.matmul_host_inner(gu, rows, lin, path, true)
     }
 
-    fn matmul_host_inner(&self, x: &[f32], rows: usize, lin: &Linear, path: MatmulPath, swiglu: bool) -> Result<Vec<f32>> {
+    fn matmul_host_inner(
+        &self,
+        x: &[f32],
+        rows: usize,
+        lin: &Linear,
+        path: MatmulPath,
+        swiglu: bool,
+    ) -> Result<Vec<f32>> {
         let g = self.gpu();
         g.bind()?;
         let (o, i) = (lin.out_features(), lin.in_features());
         let width = if swiglu { 2 * i } else { i };
         check("matmul x", x.len(), rows * width)?;
         let w = upload_mat(g, &[&lin.weight])?;
-        let bias = lin.bias.as_ref().map(|b| DevBuf::from_slice(g, &b.to_f32())).transpose()?;
+        let bias = lin
+            .bias
+            .as_ref()
+            .map(|b| DevBuf::from_slice(g, &b.to_f32()))
+            .transpose()?;
         let xd = DevBuf::from_slice(g, x)?;
         let out = DevBuf::alloc(g, rows * o * 4)?;
-        ops::matmul(g, &w, bias.as_ref().map(|b| b.ptr()), xd.ptr(), width, rows, out.ptr(), o, swiglu, path)?;
+        ops::matmul(
+            g,
+            &w,
+            bias.as_ref().map(|b| b.ptr()),
+            xd.ptr(),
+            width,
+            rows,
+            out.ptr(),
+            o,
+            swiglu,
+            path,
+        )?;
         download(self, &out, rows * o)
     }
 
@@ -114,17 +160,30 @@ impl CudaBackend {
 
     /// `x += y; out = rms_norm(x)`: returns (x, out).
     #[doc(hidden)]
-    pub fn add_rms_norm_host(&self, x: &[f32], y: &[f32], weight: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<f32>)> {
+    pub fn add_rms_norm_host(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        weight: &[f32],
+        eps: f32,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let g = self.gpu();
         g.bind()?;
         let width = weight.len();
         let rows = x.len() / width.max(1);
         check("add_rms_norm x", x.len(), rows * width)?;
         check("add_rms_norm y", y.len(), x.len())?;
-        let (xd, yd, wd) = (DevBuf::from_slice(g, x)?, DevBuf::from_slice(g, y)?, DevBuf::from_slice(g, weight)?);
+        let (xd, yd, wd) = (
+            DevBuf::from_slice(g, x)?,
+            DevBuf::from_slice(g, y)?,
+            DevBuf::from_slice(g, weight)?,
+        );
         let out = DevBuf::alloc(g, x.len() * 4)?;
         ops::add_rms_norm(g, xd.ptr(), yd.ptr(), wd.ptr(), rows, width, eps, out.ptr())?;
-        Ok((download(self, &xd, x.len())?, download(self, &out, x.len())?))
+        Ok((
+            download(self, &xd, x.len())?,
+            download(self, &out, x.len())?,
+        ))
     }
 
     /// `silu(gate) · up` elementwise (as `backend::cpu::ops::swiglu`).
@@ -189,7 +248,10 @@ impl CudaBackend {
         let qd = DevBuf::from_slice(g, qkv)?;
         let fd = DevBuf::from_slice(g, inv_freq)?;
         let (qn, kn) = match qk_norm {
-            Some((q, k)) => (Some(DevBuf::from_slice(g, q)?), Some(DevBuf::from_slice(g, k)?)),
+            Some((q, k)) => (
+                Some(DevBuf::from_slice(g, q)?),
+                Some(DevBuf::from_slice(g, k)?),
+            ),
             None => (None, None),
         };
         let (_lay_buf, lay, stride) = upload_layout(self, layout)?;

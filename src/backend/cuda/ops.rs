@@ -7,7 +7,11 @@ use super::weights::{DevMat, WType};
 use crate::error::{Error, Result};
 
 fn u32_of(what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::Cuda(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
+    u32::try_from(n).map_err(|_| {
+        Error::Cuda(format!(
+            "{what} = {n} does not fit the kernels' 32-bit sizes"
+        ))
+    })
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -32,7 +36,13 @@ pub(crate) fn row_geometry(rows: usize) -> Launch {
     }
 }
 
-pub(crate) fn embedding(gpu: &Gpu, table: &DevMat, tokens: u64, rows: usize, out: u64) -> Result<()> {
+pub(crate) fn embedding(
+    gpu: &Gpu,
+    table: &DevMat,
+    tokens: u64,
+    rows: usize,
+    out: u64,
+) -> Result<()> {
     let p = RearEmbedParams {
         rows: u32_of("rows", rows)?,
         width: u32_of("hidden", table.inp)?,
@@ -49,7 +59,15 @@ pub(crate) fn embedding(gpu: &Gpu, table: &DevMat, tokens: u64, rows: usize, out
 }
 
 /// `out[r] = rms_norm(x[r]) · w`.
-pub(crate) fn rms_norm(gpu: &Gpu, x: u64, w: u64, rows: usize, width: usize, eps: f32, out: u64) -> Result<()> {
+pub(crate) fn rms_norm(
+    gpu: &Gpu,
+    x: u64,
+    w: u64,
+    rows: usize,
+    width: usize,
+    eps: f32,
+    out: u64,
+) -> Result<()> {
     let p = RearNormParams {
         rows: u32_of("rows", rows)?,
         width: u32_of("width", width)?,
@@ -79,7 +97,13 @@ pub(crate) fn add_rms_norm(
         pad: 0,
     };
     // SAFETY: x, y, out [rows, width] f32; w [width] f32.
-    unsafe { gpu.launch(K::RmsNormAdd, row_geometry(rows), &mut kargs!(p, x, y, w, out)) }
+    unsafe {
+        gpu.launch(
+            K::RmsNormAdd,
+            row_geometry(rows),
+            &mut kargs!(p, x, y, w, out),
+        )
+    }
 }
 
 /// `out[i] = rms_norm(x[src[i]]) · w` for `i < n`.
@@ -101,7 +125,13 @@ pub(crate) fn rms_norm_gather(
         pad: 0,
     };
     // SAFETY: src [n] row indices into x; out [n, width].
-    unsafe { gpu.launch(K::RmsNormGather, row_geometry(n), &mut kargs!(p, x, src, w, out)) }
+    unsafe {
+        gpu.launch(
+            K::RmsNormGather,
+            row_geometry(n),
+            &mut kargs!(p, x, src, w, out),
+        )
+    }
 }
 
 pub(crate) fn add(gpu: &Gpu, x: u64, y: u64, n: usize) -> Result<()> {
@@ -145,7 +175,13 @@ pub(crate) fn kv_copy_blocks_geometry(pairs: usize, block_stride: usize) -> Laun
 }
 
 /// Copies whole pool blocks `pairs[2i] → pairs[2i+1]` (`pairs` on the device).
-pub(crate) fn kv_copy_blocks(gpu: &Gpu, pool: u64, block_stride: usize, pairs_dev: u64, pairs: usize) -> Result<()> {
+pub(crate) fn kv_copy_blocks(
+    gpu: &Gpu,
+    pool: u64,
+    block_stride: usize,
+    pairs_dev: u64,
+    pairs: usize,
+) -> Result<()> {
     let p = RearCopyParams {
         block_stride: block_stride as u64,
         pairs: u32_of("block pairs", pairs)?,
@@ -186,7 +222,10 @@ pub(crate) fn rope_qk_cache(
     pool: u64,
 ) -> Result<()> {
     if p.head_dim as usize > REAR_MAX_HEAD_DIM as usize || p.head_dim % 2 != 0 {
-        return Err(Error::Cuda(format!("rope: head_dim {} unsupported", p.head_dim)));
+        return Err(Error::Cuda(format!(
+            "rope: head_dim {} unsupported",
+            p.head_dim
+        )));
     }
     let l = rope_geometry(p.rows as usize, p.heads as usize, p.kv_heads as usize);
     let (pos, seq, tab) = (lay.positions, lay.row_seq, lay.tables);
@@ -210,7 +249,14 @@ pub(crate) fn attention_geometry(rows: usize, kv_heads: usize) -> Launch {
     }
 }
 
-pub(crate) fn attention(gpu: &Gpu, p: RearAttnParams, q: u64, pool: u64, lay: LayoutPtrs, out: u64) -> Result<()> {
+pub(crate) fn attention(
+    gpu: &Gpu,
+    p: RearAttnParams,
+    q: u64,
+    pool: u64,
+    lay: LayoutPtrs,
+    out: u64,
+) -> Result<()> {
     let g = (p.heads / p.kv_heads.max(1)) as usize;
     if p.head_dim % 4 != 0
         || p.head_dim > REAR_MAX_HEAD_DIM
@@ -255,7 +301,11 @@ const WARP_OUT_TILE: usize = 16;
 fn matmul_geometry(rows: usize, out: usize, kind: Kind) -> Launch {
     if kind == Kind::Warp {
         return Launch {
-            grid: (blocks(out, WARP_OUT_TILE), blocks(rows, REAR_MM_ROW_TILE as usize), 1),
+            grid: (
+                blocks(out, WARP_OUT_TILE),
+                blocks(rows, REAR_MM_ROW_TILE as usize),
+                1,
+            ),
             block: (REAR_MM_THREADS, 1, 1),
             smem: 0,
         };
@@ -301,7 +351,8 @@ pub(crate) fn matmul(
     if rows == 0 || w.out == 0 {
         return Ok(());
     }
-    let vec = w.inp % w.wtype.vec() == 0 && x_stride % 4 == 0 && x % 16 == 0 && w.buf.ptr() % 16 == 0;
+    let vec =
+        w.inp % w.wtype.vec() == 0 && x_stride % 4 == 0 && x % 16 == 0 && w.buf.ptr() % 16 == 0;
     let mma_ok = vec && w.wtype == WType::BF16;
     let kind = match path {
         MatmulPath::Auto { mma_min_rows, warp } => {
@@ -332,7 +383,11 @@ pub(crate) fn matmul(
         x_stride: u32_of("x stride", x_stride)?,
         out_stride: u32_of("out stride", out_stride)?,
         has_bias: bias.is_some() as u32,
-        act: if swiglu { REAR_ACT_SWIGLU } else { REAR_ACT_NONE },
+        act: if swiglu {
+            REAR_ACT_SWIGLU
+        } else {
+            REAR_ACT_NONE
+        },
         vec: vec as u32,
     };
     let k = match (kind, w.wtype) {
@@ -372,5 +427,11 @@ pub(crate) fn rear_sample(
     let l = rear_sample_geometry(p.rows as usize);
     // SAFETY: logits [rows·contexts, vocab]; rows [rows]; out [rows · per-row candidates];
     // workspaces [rows, vocab] (read only in SAMPLE mode).
-    unsafe { gpu.launch(K::RearSample, l, &mut kargs!(p, logits, rows, out, ws_src, ws_p)) }
+    unsafe {
+        gpu.launch(
+            K::RearSample,
+            l,
+            &mut kargs!(p, logits, rows, out, ws_src, ws_p),
+        )
+    }
 }

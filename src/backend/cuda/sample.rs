@@ -57,7 +57,11 @@ pub struct Choice {
     pub logprobs: Vec<f32>,
 }
 
-fn kernel_params(spec: &SampleSpec<'_>, rows: usize, vocab: usize) -> Result<(RearSampleParams, usize)> {
+fn kernel_params(
+    spec: &SampleSpec<'_>,
+    rows: usize,
+    vocab: usize,
+) -> Result<(RearSampleParams, usize)> {
     let (mixture, w): (u32, &[f32]) = match spec.mixture {
         Mixture::Single => (REAR_MIX_SINGLE, &[]),
         Mixture::Guided { lambdas } => (REAR_MIX_GUIDED, lambdas),
@@ -177,10 +181,12 @@ fn run(
             step: r.step,
         })
         .collect();
-    s.sample_rows.ensure(std::mem::size_of_val(input.as_slice()))?;
+    s.sample_rows
+        .ensure(std::mem::size_of_val(input.as_slice()))?;
     g.htod(s.sample_rows.ptr(), &input)?;
     let n_out = rows.len() * per_row;
-    s.sample_out.ensure(n_out * std::mem::size_of::<RearCandidate>())?;
+    s.sample_out
+        .ensure(n_out * std::mem::size_of::<RearCandidate>())?;
     let sampling = p.mode == REAR_MODE_SAMPLE;
     if sampling {
         s.ws_src.ensure(rows.len() * vocab * 4)?;

@@ -129,7 +129,9 @@ impl CudaBackend {
             return Err(Error::Input("a forward pass over no rows".into()));
         }
         if layout.positions.len() != rows || layout.row_seq.len() != rows {
-            return Err(Error::Cuda("step layout: positions / row_seq do not match the tokens".into()));
+            return Err(Error::Cuda(
+                "step layout: positions / row_seq do not match the tokens".into(),
+            ));
         }
         if layout.block_size != kv.block_size {
             return Err(Error::KvCache(format!(
@@ -139,7 +141,9 @@ impl CudaBackend {
         }
         let vocab = cfg.vocab_size as u32;
         if let Some(&t) = layout.tokens.iter().find(|&&t| t >= vocab) {
-            return Err(Error::Input(format!("token id {t} is outside the vocabulary (size {vocab})")));
+            return Err(Error::Input(format!(
+                "token id {t} is outside the vocabulary (size {vocab})"
+            )));
         }
         if let Some(&r) = layout.logit_rows.iter().find(|&&r| r as usize >= rows) {
             return Err(Error::Input(format!("logit row {r} of a {rows}-row step")));
@@ -149,18 +153,33 @@ impl CudaBackend {
             let pos = layout.positions[i] as usize;
             let ok = s < layout.seqs.len() && pos / layout.block_size < layout.seqs[s].blocks.len();
             if !ok {
-                return Err(Error::KvCache(format!("row {i}: position {pos} of sequence {s} has no block")));
+                return Err(Error::KvCache(format!(
+                    "row {i}: position {pos} of sequence {s} has no block"
+                )));
             }
         }
-        if let Some(b) = layout.seqs.iter().flat_map(|s| s.blocks.iter()).find(|&&b| b as usize >= kv.blocks) {
-            return Err(Error::KvCache(format!("block {b} is outside the {} reserved blocks", kv.blocks)));
+        if let Some(b) = layout
+            .seqs
+            .iter()
+            .flat_map(|s| s.blocks.iter())
+            .find(|&&b| b as usize >= kv.blocks)
+        {
+            return Err(Error::KvCache(format!(
+                "block {b} is outside the {} reserved blocks",
+                kv.blocks
+            )));
         }
 
         let mut sc = self.scratch();
         let sc = &mut *sc;
         let st = &mut sc.step;
         // Pack every input: [tokens | positions | row_seq | logit_rows | tables].
-        let max_blocks = layout.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
+        let max_blocks = layout
+            .seqs
+            .iter()
+            .map(|s| s.blocks.len())
+            .max()
+            .unwrap_or(1);
         let stride = max_blocks.max(4).next_power_of_two();
         let p = &mut st.packed;
         p.clear();
@@ -173,7 +192,12 @@ impl CudaBackend {
             p.extend(std::iter::repeat_n(0u32, stride - s.blocks.len()));
         }
         // Sizes: a sequence has at least one row, so rows · (4 + stride) bounds the input.
-        let (h, qd, kvd, im) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let (h, qd, kvd, im) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
         let qkv_w = qd + 2 * kvd;
         let mut moved = false;
         moved |= grow(&mut st.input, 4 * (rows * (4 + stride) + n))?;
@@ -196,21 +220,35 @@ impl CudaBackend {
         let at = |i: usize| base + 4 * i as u64;
         let inp = Inputs {
             tokens: at(0),
-            lay: LayoutPtrs { positions: at(rows), row_seq: at(2 * rows), tables: at(3 * rows + n) },
+            lay: LayoutPtrs {
+                positions: at(rows),
+                row_seq: at(2 * rows),
+                tables: at(3 * rows + n),
+            },
             logit_rows: at(3 * rows),
         };
-        let key = StepKey { rows, logit_rows: n, stride, weights: w.id, generation: st.generation };
+        let key = StepKey {
+            rows,
+            logit_rows: n,
+            stride,
+            weights: w.id,
+            generation: st.generation,
+        };
         sc.logits_shape = (n, cfg.vocab_size);
         let logits_ptr = sc.logits.ptr();
         let st = &mut sc.step;
         if let Some(exec) = st.graphs.get(&key) {
             // SAFETY: the graph's buffers are alive and unmoved (same generation).
-            unsafe { result::graph::launch(exec.0, g.cu_stream()) }.map_err(|e| cuda_err("replaying the step graph", e))?;
+            unsafe { result::graph::launch(exec.0, g.cu_stream()) }
+                .map_err(|e| cuda_err("replaying the step graph", e))?;
             st.replays += 1;
         } else if graphs_enabled() && st.seen.contains(&key) {
-            let exec = capture(g, || self.enqueue_step(w, st, kv, inp, rows, n, stride, logits_ptr))?;
+            let exec = capture(g, || {
+                self.enqueue_step(w, st, kv, inp, rows, n, stride, logits_ptr)
+            })?;
             // SAFETY: as above; the graph was just instantiated from this stream's capture.
-            unsafe { result::graph::launch(exec.0, g.cu_stream()) }.map_err(|e| cuda_err("launching the step graph", e))?;
+            unsafe { result::graph::launch(exec.0, g.cu_stream()) }
+                .map_err(|e| cuda_err("launching the step graph", e))?;
             st.graphs.insert(key, exec);
             st.replays += 1;
         } else {
@@ -242,7 +280,12 @@ impl CudaBackend {
     ) -> Result<()> {
         let g = self.gpu();
         let cfg = &w.cfg;
-        let (hd, qd, kvd, im) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let (hd, qd, kvd, im) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
         let d = cfg.head_dim;
         let qkv_w = qd + 2 * kvd;
         let eps = cfg.rms_norm_eps;
@@ -256,7 +299,18 @@ impl CudaBackend {
             if l == 0 {
                 ops::rms_norm(g, h, lw.input_norm.ptr(), rows, hd, eps, xn)?;
             }
-            ops::matmul(g, &lw.qkv, bias(&lw.qkv_bias), xn, hd, rows, qkv, qkv_w, false, path)?;
+            ops::matmul(
+                g,
+                &lw.qkv,
+                bias(&lw.qkv_bias),
+                xn,
+                hd,
+                rows,
+                qkv,
+                qkv_w,
+                false,
+                path,
+            )?;
             let kvl: RearKvLayout = kv.layout(l, stride);
             let rp = RearRopeParams {
                 rows: rows as u32,
@@ -284,12 +338,54 @@ impl CudaBackend {
                 kv: kvl,
             };
             ops::attention(g, ap, qkv, kv.pool.ptr(), inp.lay, attn)?;
-            ops::matmul(g, &lw.o, bias(&lw.o_bias), attn, qd, rows, tmp, hd, false, path)?;
+            ops::matmul(
+                g,
+                &lw.o,
+                bias(&lw.o_bias),
+                attn,
+                qd,
+                rows,
+                tmp,
+                hd,
+                false,
+                path,
+            )?;
             ops::add_rms_norm(g, h, tmp, lw.post_norm.ptr(), rows, hd, eps, xn)?;
-            ops::matmul(g, &lw.gate_up, bias(&lw.gate_up_bias), xn, hd, rows, gu, 2 * im, false, path)?;
-            ops::matmul(g, &lw.down, bias(&lw.down_bias), gu, 2 * im, rows, tmp, hd, true, path)?;
+            ops::matmul(
+                g,
+                &lw.gate_up,
+                bias(&lw.gate_up_bias),
+                xn,
+                hd,
+                rows,
+                gu,
+                2 * im,
+                false,
+                path,
+            )?;
+            ops::matmul(
+                g,
+                &lw.down,
+                bias(&lw.down_bias),
+                gu,
+                2 * im,
+                rows,
+                tmp,
+                hd,
+                true,
+                path,
+            )?;
             if l + 1 < layers {
-                ops::add_rms_norm(g, h, tmp, w.layers[l + 1].input_norm.ptr(), rows, hd, eps, xn)?;
+                ops::add_rms_norm(
+                    g,
+                    h,
+                    tmp,
+                    w.layers[l + 1].input_norm.ptr(),
+                    rows,
+                    hd,
+                    eps,
+                    xn,
+                )?;
             } else {
                 ops::add(g, h, tmp, rows * hd)?;
             }
@@ -297,7 +393,18 @@ impl CudaBackend {
         if n > 0 {
             let xsel = st.xsel.ptr();
             ops::rms_norm_gather(g, h, inp.logit_rows, n, w.final_norm.ptr(), hd, eps, xsel)?;
-            ops::matmul(g, w.lm_head(), None, xsel, hd, n, logits, cfg.vocab_size, false, path)?;
+            ops::matmul(
+                g,
+                w.lm_head(),
+                None,
+                xsel,
+                hd,
+                n,
+                logits,
+                cfg.vocab_size,
+                false,
+                path,
+            )?;
         }
         st.launches += 1;
         Ok(())
@@ -316,8 +423,11 @@ fn capture(g: &Gpu, f: impl FnOnce() -> Result<()>) -> Result<GraphExec> {
     // SAFETY: the stream is the backend's own; nothing else is enqueued on it meanwhile (the
     // scratch mutex is held).
     unsafe {
-        result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(|e| cuda_err("beginning graph capture", e))?;
+        result::stream::begin_capture(
+            stream,
+            sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED,
+        )
+        .map_err(|e| cuda_err("beginning graph capture", e))?;
     }
     g.set_capturing(true);
     let r = f();
@@ -331,5 +441,7 @@ fn capture(g: &Gpu, f: impl FnOnce() -> Result<()>) -> Result<GraphExec> {
     unsafe {
         let _ = result::graph::destroy(graph);
     }
-    Ok(GraphExec(exec.map_err(|e| cuda_err("instantiating the step graph", e))?))
+    Ok(GraphExec(exec.map_err(|e| {
+        cuda_err("instantiating the step graph", e)
+    })?))
 }

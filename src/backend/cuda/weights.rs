@@ -85,7 +85,9 @@ impl CudaWeights {
 
     /// The element type of the layer matrices (the first layer's q/k/v).
     pub fn matrix_type(&self) -> WType {
-        self.layers.first().map_or(self.embed.wtype, |l| l.qkv.wtype)
+        self.layers
+            .first()
+            .map_or(self.embed.wtype, |l| l.qkv.wtype)
     }
 
     pub(crate) fn lm_head(&self) -> &DevMat {
@@ -100,7 +102,10 @@ fn is_quantized(d: DType) -> bool {
 /// Uploads `parts` (matrices with the same number of columns) as one matrix, rows in order.
 pub(crate) fn upload_mat(gpu: &Gpu, parts: &[&HostTensor]) -> Result<DevMat> {
     let inp = parts[0].row_len();
-    if let Some(p) = parts.iter().find(|p| p.shape.len() != 2 || p.row_len() != inp) {
+    if let Some(p) = parts
+        .iter()
+        .find(|p| p.shape.len() != 2 || p.row_len() != inp)
+    {
         return Err(Error::Weights(format!(
             "tensor `{}`: shape {:?} cannot be concatenated with `{}` ({} columns)",
             p.name, p.shape, parts[0].name, inp
@@ -124,7 +129,12 @@ pub(crate) fn upload_mat(gpu: &Gpu, parts: &[&HostTensor]) -> Result<DevMat> {
             }
             DevBuf::from_slice(gpu, &bytes)?
         };
-        return Ok(DevMat { buf, wtype: wt, out, inp });
+        return Ok(DevMat {
+            buf,
+            wtype: wt,
+            out,
+            inp,
+        });
     }
     // Quantised or mixed types: decode to f32, store as f16 when every part is f16 or
     // quantised and every value fits, else as f32.
