@@ -86,6 +86,11 @@ const ROW_BLOCK: usize = 64;
 /// From this many rows on, weight tiles are decoded to f32 once and then multiplied.
 const PREDECODE_ROWS: usize = 3;
 
+/// Software prefetch of the weights in the kernels that read them from memory.
+const PREFETCH: bool = true;
+/// How many tiles ahead.
+const PF_TILES: usize = 1;
+
 /// Weights per slice of the sliced f32 kernels (a multiple of 32): the slice of a 4-row f32
 /// tile and of 4 input rows then take 16 KiB of L1.
 const K_SLICE: usize = 512;
@@ -315,6 +320,9 @@ mod x86 {
         // decoding calls out, and no sum may be live across a call (they would all be spilled).
         let (wt, xt) = tails::<DT, NR, NJ_, STORE>(t, full);
         let mut acc = [[_mm512_setzero_ps(); NJ_]; NR];
+        // Weights are read straight from memory: prefetch the same column of the next tile's
+        // rows (they follow this tile's in memory), `NJ` rows ahead.
+        let pf = PF_TILES * NJ_ * t.wrow;
         let mut wp = [t.w; NJ_];
         for (j, p) in wp.iter_mut().enumerate() {
             *p = t.w.add(j * t.wrow);
@@ -325,6 +333,9 @@ mod x86 {
                 let mut w = [_mm512_setzero_ps(); NJ_];
                 for j in 0..NJ_ {
                     w[j] = _mm512_loadu_ps((wp[j] as *const f32).add(c));
+                    if PREFETCH {
+                        _mm_prefetch::<_MM_HINT_T0>(wp[j].add(c * 4 + pf) as *const i8);
+                    }
                 }
                 for r in 0..NR {
                     let xv = _mm512_loadu_ps(t.x.add(r * t.xs + c));
@@ -337,6 +348,12 @@ mod x86 {
         } else {
             while c < full {
                 for j in 0..NJ_ {
+                    if PREFETCH {
+                        _mm_prefetch::<_MM_HINT_T0>(wp[j].add(pf) as *const i8);
+                        if cb > 64 {
+                            _mm_prefetch::<_MM_HINT_T0>(wp[j].add(pf + 64) as *const i8);
+                        }
+                    }
                     let (a, b) = load512::<DT>(wp[j]);
                     wp[j] = wp[j].add(cb);
                     if STORE {
