@@ -705,9 +705,11 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
     };
     let mut rear = Rear::load(&path, &opts)?;
     let device_name = match (device, rear.device_notice()) {
-        (_, Some(n)) => n.to_string(),
-        (Device::Cuda, None) => "cuda".into(),
-        _ => "cpu".into(),
+        (Device::Cpu, _) => "cpu".to_string(),
+        (Device::Cuda, _) => "cuda".to_string(),
+        // `auto` says why when it falls back to the CPU.
+        (Device::Auto, Some(_)) => "cpu (auto)".to_string(),
+        (Device::Auto, None) => "auto".to_string(),
     };
 
     let main_algo: Algo = a.algo.parse()?;
