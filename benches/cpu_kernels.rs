@@ -36,7 +36,9 @@ fn weight(dt: DType, o: usize, i: usize, rng: &mut Rng) -> Linear {
         DType::F16 => (0..n)
             .flat_map(|_| f16::from_f32(rng.f() * 0.05).to_le_bytes())
             .collect(),
-        DType::F32 => (0..n).flat_map(|_| (rng.f() * 0.05).to_le_bytes()).collect(),
+        DType::F32 => (0..n)
+            .flat_map(|_| (rng.f() * 0.05).to_le_bytes())
+            .collect(),
         q => {
             let mut b = Vec::with_capacity(n / 32 * q.block_bytes());
             for _ in 0..n / 32 {
@@ -85,9 +87,11 @@ fn matmul(c: &mut Criterion) {
             let mut tmp = Vec::new();
             g.throughput(Throughput::Bytes(bytes));
             let id = format!("cpu_matmul_{}_{o}x{i}", dt.name().to_lowercase());
-            g.bench_with_input(BenchmarkId::new(id, format!("rows{rows}")), &rows, |b, &rows| {
-                b.iter(|| ops::matmul(black_box(&x), rows, &lin, &mut out, &mut tmp))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(id, format!("rows{rows}")),
+                &rows,
+                |b, &rows| b.iter(|| ops::matmul(black_box(&x), rows, &lin, &mut out, &mut tmp)),
+            );
         }
     }
     g.finish();

@@ -108,10 +108,22 @@ impl Shape {
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
             t.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            t.push((format!("{p}.self_attn.q_proj.weight"), vec![self.heads * d, h]));
-            t.push((format!("{p}.self_attn.k_proj.weight"), vec![self.kv_heads * d, h]));
-            t.push((format!("{p}.self_attn.v_proj.weight"), vec![self.kv_heads * d, h]));
-            t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, self.heads * d]));
+            t.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![self.heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![self.kv_heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![self.kv_heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, self.heads * d],
+            ));
             t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
             t.push((format!("{p}.mlp.gate_proj.weight"), vec![im, h]));
             t.push((format!("{p}.mlp.up_proj.weight"), vec![im, h]));
@@ -187,8 +199,9 @@ impl Rng {
 }
 
 fn name_seed(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Writes a safetensors file of bf16 tensors, each produced chunk by chunk by `fill(name, i, out)`
@@ -199,10 +212,7 @@ pub fn write_safetensors_bf16(
     fill: &mut dyn FnMut(&str, usize, &mut [f32]),
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({"format": "pt"}),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut off = 0usize;
     for (name, shape) in tensors {
         let n: usize = shape.iter().product();
@@ -244,7 +254,11 @@ pub fn write_safetensors_bf16(
 /// The cache directory of generated checkpoints: `$REAR_HOME/bench`, else
 /// `$XDG_CACHE_HOME/rear/bench`, else `~/.cache/rear/bench`, else the temp directory.
 pub fn default_cache_dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let root = var("REAR_HOME")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rear")))
         .or_else(|| var("HOME").map(|h| h.join(".cache").join("rear")))
@@ -331,7 +345,11 @@ impl ProbeBufs {
 
     fn copy_once(&mut self) -> Duration {
         use rayon::prelude::*;
-        let per = self.src.len().div_ceil(rayon::current_num_threads() * 4).max(1 << 14);
+        let per = self
+            .src
+            .len()
+            .div_ceil(rayon::current_num_threads() * 4)
+            .max(1 << 14);
         let t = Instant::now();
         self.dst
             .par_chunks_mut(per)
@@ -342,7 +360,11 @@ impl ProbeBufs {
 
     fn read_once(&self) -> (Duration, u64) {
         use rayon::prelude::*;
-        let per = self.src.len().div_ceil(rayon::current_num_threads() * 4).max(1 << 14);
+        let per = self
+            .src
+            .len()
+            .div_ceil(rayon::current_num_threads() * 4)
+            .max(1 << 14);
         let t = Instant::now();
         let s: u64 = self
             .src
@@ -657,9 +679,7 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
         return Err(Error::Input("--contexts must be 1 or 2".into()));
     }
     let (path, shape) = match (&a.model, &a.shape) {
-        (Some(_), Some(_)) => {
-            return Err(Error::Input("give --model or --shape, not both".into()))
-        }
+        (Some(_), Some(_)) => return Err(Error::Input("give --model or --shape, not both".into())),
         (None, Some(s)) => {
             let shape = Shape::by_name(s)?;
             let cache = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
@@ -731,7 +751,12 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
     };
     let single = spec(Algo::Greedy, 1, a.beams, 1);
     let guided = spec(Algo::Greedy, 2, a.beams, 1);
-    let main = spec(main_algo, a.contexts, a.beams, if main_algo == Algo::Greedy { 1 } else { a.n });
+    let main = spec(
+        main_algo,
+        a.contexts,
+        a.beams,
+        if main_algo == Algo::Greedy { 1 } else { a.n },
+    );
     let mut jobs = vec![single.clone(), guided.clone()];
     let main_idx = match jobs.iter().position(|j| *j == main) {
         Some(i) => i,
@@ -811,9 +836,9 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
         .collect();
     let guided_over_single = reports[1].step_ms_median / reports[0].step_ms_median;
     Ok(BenchReport {
-        model: shape
-            .as_ref()
-            .map_or(path.display().to_string(), |s| format!("{} (random bf16, {})", s.name, path.display())),
+        model: shape.as_ref().map_or(path.display().to_string(), |s| {
+            format!("{} (random bf16, {})", s.name, path.display())
+        }),
         parameters,
         shape,
         weight_dtypes: dtypes,
@@ -863,7 +888,13 @@ pub fn format_table(r: &BenchReport) -> String {
     );
     s += &format!(
         "{:<22} {:>9} {:>13} {:>26} {:>12} {:>11} {:>10}\n",
-        "job", "rows/step", "prefill tok/s", "step ms median/min/max", "decode tok/s", "step/floor", "(read)"
+        "job",
+        "rows/step",
+        "prefill tok/s",
+        "step ms median/min/max",
+        "decode tok/s",
+        "step/floor",
+        "(read)"
     );
     for (i, j) in r.jobs.iter().enumerate() {
         let name = format!("{}{}", j.job.name, if i == r.main { " *" } else { "" });
@@ -872,7 +903,10 @@ pub fn format_table(r: &BenchReport) -> String {
             name,
             j.rows_per_step,
             j.prefill_tokens_per_s,
-            format!("{:.2} / {:.2} / {:.2}", j.step_ms_median, j.step_ms_min, j.step_ms_max),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                j.step_ms_median, j.step_ms_min, j.step_ms_max
+            ),
             j.decode_tokens_per_s,
             j.step_over_floor,
             j.step_over_read_floor

@@ -171,7 +171,13 @@ type Kernel = unsafe fn(&Tile);
 /// Copies the last `k % 32` weights of a float row (decoded) and of an input row into
 /// zero-padded chunks, so the tail goes through the same vector code as the body.
 #[inline(always)]
-unsafe fn tail_chunk(dt: u8, w: *const u8, x: *const f32, full: usize, k: usize) -> ([f32; 32], [f32; 32]) {
+unsafe fn tail_chunk(
+    dt: u8,
+    w: *const u8,
+    x: *const f32,
+    full: usize,
+    k: usize,
+) -> ([f32; 32], [f32; 32]) {
     let rem = k - full;
     let mut wb = [0f32; 32];
     let mut xb = [0f32; 32];
@@ -280,7 +286,8 @@ mod x86 {
             DT_Q4_0 => {
                 let d = _mm512_cvtph_ps(_mm256_set1_epi16((p as *const i16).read_unaligned()));
                 let iota = _mm512_setr_ps(
-                    -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
+                    -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0,
+                    6.0, 7.0,
                 );
                 let lut = _mm512_mul_ps(iota, d);
                 let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i));
@@ -291,9 +298,11 @@ mod x86 {
             }
             _ => {
                 let d = _mm512_cvtph_ps(_mm256_set1_epi16((p as *const i16).read_unaligned()));
-                let mn = _mm512_cvtph_ps(_mm256_set1_epi16((p.add(2) as *const i16).read_unaligned()));
+                let mn =
+                    _mm512_cvtph_ps(_mm256_set1_epi16((p.add(2) as *const i16).read_unaligned()));
                 let iota = _mm512_setr_ps(
-                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+                    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0,
+                    15.0,
                 );
                 let lut = _mm512_add_ps(_mm512_mul_ps(iota, d), mn);
                 let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(4) as *const __m128i));
@@ -311,7 +320,12 @@ mod x86 {
     /// Loops are arranged so that at most a few weight and input vectors are live besides the
     /// sums (no register spills).
     #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-    pub(super) unsafe fn k512<const DT: u8, const NR: usize, const NJ_: usize, const STORE: bool>(
+    pub(super) unsafe fn k512<
+        const DT: u8,
+        const NR: usize,
+        const NJ_: usize,
+        const STORE: bool,
+    >(
         t: &Tile,
     ) {
         let cb = chunk_bytes(DT);
@@ -394,7 +408,11 @@ mod x86 {
             for (j, wj) in wt.iter_mut().enumerate() {
                 *wj = tail_chunk(DT, t.w.add(j * t.wrow), t.x, full, t.k).0;
                 if STORE {
-                    std::ptr::copy_nonoverlapping(wj.as_ptr(), t.wbuf.add(full * NJ_ + j * 32), t.k - full);
+                    std::ptr::copy_nonoverlapping(
+                        wj.as_ptr(),
+                        t.wbuf.add(full * NJ_ + j * 32),
+                        t.k - full,
+                    );
                 }
             }
             for (r, xr) in xt.iter_mut().enumerate() {
@@ -443,7 +461,11 @@ mod x86 {
     /// (each 32-weight chunk of the `NJ_` rows together, as the storing kernels write it, so
     /// that those stores and the input loads never alias modulo 4 KiB).
     #[inline(always)]
-    unsafe fn wrow_f32<const NJ_: usize, const PACKED: bool>(t: &Tile, j: usize, c: usize) -> *const f32 {
+    unsafe fn wrow_f32<const NJ_: usize, const PACKED: bool>(
+        t: &Tile,
+        j: usize,
+        c: usize,
+    ) -> *const f32 {
         if PACKED {
             (t.w as *const f32).add(c / CHUNK * (NJ_ * CHUNK) + j * CHUNK + c % CHUNK)
         } else {
@@ -458,7 +480,11 @@ mod x86 {
     pub(super) unsafe fn k512s<const NR: usize, const NJ_: usize, const PACKED: bool>(t: &Tile) {
         let full = t.k / CHUNK * CHUNK;
         let tail = t.last && full < t.k;
-        let (wt, xt) = if tail { sliced_tails::<NR, NJ_, PACKED>(t, full) } else { ([[0f32; 32]; NJ_], [[0f32; 32]; NR]) };
+        let (wt, xt) = if tail {
+            sliced_tails::<NR, NJ_, PACKED>(t, full)
+        } else {
+            ([[0f32; 32]; NJ_], [[0f32; 32]; NR])
+        };
         let mut acc = [[_mm512_setzero_ps(); NJ_]; NR];
         if !t.first {
             for r in 0..NR {
@@ -501,7 +527,11 @@ mod x86 {
     pub(super) unsafe fn k256s<const NR: usize, const NJ_: usize, const PACKED: bool>(t: &Tile) {
         let full = t.k / CHUNK * CHUNK;
         let tail = t.last && full < t.k;
-        let (wt, xt) = if tail { sliced_tails::<NR, NJ_, PACKED>(t, full) } else { ([[0f32; 32]; NJ_], [[0f32; 32]; NR]) };
+        let (wt, xt) = if tail {
+            sliced_tails::<NR, NJ_, PACKED>(t, full)
+        } else {
+            ([[0f32; 32]; NJ_], [[0f32; 32]; NR])
+        };
         let mut acc = [[_mm256_setzero_ps(); NJ_]; NR];
         if !t.first {
             for r in 0..NR {
@@ -573,7 +603,11 @@ mod x86 {
         if full < k {
             let es = cb / CHUNK;
             let bytes = std::slice::from_raw_parts(src.add(full * es), (k - full) * es);
-            decode(dtype_of(DT), bytes, std::slice::from_raw_parts_mut(dst.add(full), k - full));
+            decode(
+                dtype_of(DT),
+                bytes,
+                std::slice::from_raw_parts_mut(dst.add(full), k - full),
+            );
         }
     }
 
@@ -592,7 +626,11 @@ mod x86 {
         if full < k {
             let es = cb / CHUNK;
             let bytes = std::slice::from_raw_parts(src.add(full * es), (k - full) * es);
-            decode(dtype_of(DT), bytes, std::slice::from_raw_parts_mut(dst.add(full), k - full));
+            decode(
+                dtype_of(DT),
+                bytes,
+                std::slice::from_raw_parts_mut(dst.add(full), k - full),
+            );
         }
     }
 
@@ -636,7 +674,12 @@ mod x86 {
     /// Elements 0..8 and 8..16 of 16 unsigned bytes as f32, each `(q - sub)·d (+ m)`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn u8x16<const ADD_MIN: bool>(v: __m128i, sub: __m256i, d: __m256, m: __m256) -> (__m256, __m256) {
+    unsafe fn u8x16<const ADD_MIN: bool>(
+        v: __m128i,
+        sub: __m256i,
+        d: __m256,
+        m: __m256,
+    ) -> (__m256, __m256) {
         let a = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(v), sub));
         let b = _mm256_cvtepi32_ps(_mm256_sub_epi32(
             _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
@@ -681,10 +724,20 @@ mod x86 {
                     _mm256_cvtph_ps(_mm_loadu_si128(h.add(3))),
                 ]
             }
-            DT_BF16 => [bf16x8(p), bf16x8(p.add(16)), bf16x8(p.add(32)), bf16x8(p.add(48))],
+            DT_BF16 => [
+                bf16x8(p),
+                bf16x8(p.add(16)),
+                bf16x8(p.add(32)),
+                bf16x8(p.add(48)),
+            ],
             DT_Q8_0 => {
                 let d = f16_at(p);
-                [q8x8(p.add(2), d), q8x8(p.add(10), d), q8x8(p.add(18), d), q8x8(p.add(26), d)]
+                [
+                    q8x8(p.add(2), d),
+                    q8x8(p.add(10), d),
+                    q8x8(p.add(18), d),
+                    q8x8(p.add(26), d),
+                ]
             }
             DT_Q4_0 => {
                 let d = f16_at(p);
@@ -711,7 +764,12 @@ mod x86 {
 
     /// The AVX2 micro-kernel: as `k512` with 8-lane vectors (four per chunk).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn k256<const DT: u8, const NR: usize, const NJ_: usize, const STORE: bool>(
+    pub(super) unsafe fn k256<
+        const DT: u8,
+        const NR: usize,
+        const NJ_: usize,
+        const STORE: bool,
+    >(
         t: &Tile,
     ) {
         let cb = chunk_bytes(DT);
@@ -746,7 +804,8 @@ mod x86 {
                     for r in 0..NR {
                         let xp = t.x.add(r * t.xs + c);
                         for (q, wq) in w.iter().enumerate() {
-                            acc[r][j] = _mm256_fmadd_ps(*wq, _mm256_loadu_ps(xp.add(8 * q)), acc[r][j]);
+                            acc[r][j] =
+                                _mm256_fmadd_ps(*wq, _mm256_loadu_ps(xp.add(8 * q)), acc[r][j]);
                         }
                     }
                 }
@@ -827,19 +886,113 @@ macro_rules! kernels {
             nr: $nr,
             full: [
                 $f::<{ $dt }, 1, NJ, false>,
-                $f::<{ $dt }, { if $nr >= 2 { 2 } else { 1 } }, NJ, false>,
-                $f::<{ $dt }, { if $nr >= 3 { 3 } else { 1 } }, NJ, false>,
-                $f::<{ $dt }, { if $nr >= 4 { 4 } else { 1 } }, NJ, false>,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 2 {
+                            2
+                        } else {
+                            1
+                        }
+                    },
+                    NJ,
+                    false,
+                >,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 3 {
+                            3
+                        } else {
+                            1
+                        }
+                    },
+                    NJ,
+                    false,
+                >,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 4 {
+                            4
+                        } else {
+                            1
+                        }
+                    },
+                    NJ,
+                    false,
+                >,
             ],
             one: [
                 $f::<{ $dt }, 1, 1, false>,
-                $f::<{ $dt }, { if $nr >= 2 { 2 } else { 1 } }, 1, false>,
-                $f::<{ $dt }, { if $nr >= 3 { 3 } else { 1 } }, 1, false>,
-                $f::<{ $dt }, { if $nr >= 4 { 4 } else { 1 } }, 1, false>,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 2 {
+                            2
+                        } else {
+                            1
+                        }
+                    },
+                    1,
+                    false,
+                >,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 3 {
+                            3
+                        } else {
+                            1
+                        }
+                    },
+                    1,
+                    false,
+                >,
+                $f::<
+                    { $dt },
+                    {
+                        if $nr >= 4 {
+                            4
+                        } else {
+                            1
+                        }
+                    },
+                    1,
+                    false,
+                >,
             ],
             store: [
-                [$f::<{ $dt }, 1, NJ, true>, $f::<{ $dt }, { if $nr >= 2 { 2 } else { 1 } }, NJ, true>],
-                [$f::<{ $dt }, 1, 1, true>, $f::<{ $dt }, { if $nr >= 2 { 2 } else { 1 } }, 1, true>],
+                [
+                    $f::<{ $dt }, 1, NJ, true>,
+                    $f::<
+                        { $dt },
+                        {
+                            if $nr >= 2 {
+                                2
+                            } else {
+                                1
+                            }
+                        },
+                        NJ,
+                        true,
+                    >,
+                ],
+                [
+                    $f::<{ $dt }, 1, 1, true>,
+                    $f::<
+                        { $dt },
+                        {
+                            if $nr >= 2 {
+                                2
+                            } else {
+                                1
+                            }
+                        },
+                        1,
+                        true,
+                    >,
+                ],
             ],
         }
     };
@@ -931,10 +1084,18 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [Job<'_>]) {
         return;
     }
     let k = jobs[0].lin.in_features();
-    assert_eq!(x.len(), rows * k, "matmul: input is not [rows, in_features]");
+    assert_eq!(
+        x.len(),
+        rows * k,
+        "matmul: input is not [rows, in_features]"
+    );
     for j in jobs.iter() {
         assert_eq!(j.lin.in_features(), k, "matmul_many: in_features differ");
-        assert_eq!(j.out.len(), rows * j.lin.out_features(), "matmul: output size");
+        assert_eq!(
+            j.out.len(),
+            rows * j.lin.out_features(),
+            "matmul: output size"
+        );
     }
     let isa = isa();
     let threads = rayon::current_num_threads().max(1);
@@ -944,7 +1105,10 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [Job<'_>]) {
     let per = total.div_ceil(threads * 8).next_multiple_of(NJ).max(16);
     let mut spec: [(usize, OutPtr, Option<&Linear>); 8] =
         [(0, OutPtr(std::ptr::null_mut()), None); 8];
-    assert!(jobs.len() <= spec.len(), "matmul_many: at most 8 projections");
+    assert!(
+        jobs.len() <= spec.len(),
+        "matmul_many: at most 8 projections"
+    );
     let mut ntasks = 0;
     for (i, j) in jobs.iter_mut().enumerate() {
         let n = j.lin.out_features().div_ceil(per);
@@ -1059,7 +1223,11 @@ unsafe fn task(
                 };
                 if let Some(sk) = &sliced {
                     // The remaining rows over the f32 tile, one L1-sized slice of k at a time.
-                    let table = if nj == NJ { &sk.full[packed as usize] } else { &sk.one[packed as usize] };
+                    let table = if nj == NJ {
+                        &sk.full[packed as usize]
+                    } else {
+                        &sk.one[packed as usize]
+                    };
                     let r0 = r;
                     let mut k0 = 0;
                     loop {
@@ -1135,7 +1303,9 @@ mod tests {
                     }
                 }
                 _ => {
-                    let (mn, mx) = b.iter().fold((f32::MAX, f32::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+                    let (mn, mx) = b
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
                     let d = (mx - mn) / 15.0;
                     out.extend(f16::from_f32(d).to_le_bytes());
                     out.extend(f16::from_f32(mn).to_le_bytes());
@@ -1152,8 +1322,14 @@ mod tests {
     fn tensor(dt: DType, o: usize, i: usize, w: &[f32]) -> HostTensor {
         let bytes: Vec<u8> = match dt {
             DType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => w.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-            DType::BF16 => w.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+            DType::F16 => w
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::BF16 => w
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
             _ => quantize(dt, w),
         };
         HostTensor::from_bytes("w", dt, vec![o, i], bytes).unwrap()
@@ -1165,7 +1341,9 @@ mod tests {
         let mut out = vec![0f32; rows * o];
         for r in 0..rows {
             for j in 0..o {
-                out[r * o + j] = (0..i).map(|k| x[r * i + k] as f64 * w[j * i + k] as f64).sum::<f64>() as f32;
+                out[r * o + j] = (0..i)
+                    .map(|k| x[r * i + k] as f64 * w[j * i + k] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -1182,7 +1360,14 @@ mod tests {
     #[test]
     fn every_dtype_and_isa_matches_the_decoded_reference() {
         let best = detect();
-        for dt in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        for dt in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
             let shapes: &[(usize, usize)] = if dt.block_elems() == 1 {
                 &[(7, 37), (9, 64), (5, 100), (13, 3)]
             } else {
@@ -1190,19 +1375,36 @@ mod tests {
             };
             for &(o, i) in shapes {
                 for rows in [1usize, 2, 3, 5, 9, 17] {
-                    let w: Vec<f32> = (0..o * i).map(|k| (((k * 37 + 11) % 29) as f32 - 14.0) / 9.0).collect();
-                    let x: Vec<f32> = (0..rows * i).map(|k| (((k * 13 + 5) % 17) as f32 - 8.0) / 5.0).collect();
-                    let lin = Linear { weight: tensor(dt, o, i, &w), bias: None };
+                    let w: Vec<f32> = (0..o * i)
+                        .map(|k| (((k * 37 + 11) % 29) as f32 - 14.0) / 9.0)
+                        .collect();
+                    let x: Vec<f32> = (0..rows * i)
+                        .map(|k| (((k * 13 + 5) % 17) as f32 - 8.0) / 5.0)
+                        .collect();
+                    let lin = Linear {
+                        weight: tensor(dt, o, i, &w),
+                        bias: None,
+                    };
                     let want = naive(&x, rows, &lin.weight);
-                    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&a| a <= best) {
+                    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+                        .into_iter()
+                        .filter(|&a| a <= best)
+                    {
                         let got = run_isa(isa, &x, rows, &lin);
                         for (a, b) in got.iter().zip(&want) {
-                            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{dt:?} {isa:?} {o}x{i} rows {rows}: {a} vs {b}");
+                            assert!(
+                                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                                "{dt:?} {isa:?} {o}x{i} rows {rows}: {a} vs {b}"
+                            );
                         }
                         // A row's result does not depend on the other rows of the call.
                         for r in 0..rows {
                             let alone = run_isa(isa, &x[r * i..(r + 1) * i], 1, &lin);
-                            assert_eq!(alone[..], got[r * o..(r + 1) * o], "{dt:?} {isa:?} row {r}");
+                            assert_eq!(
+                                alone[..],
+                                got[r * o..(r + 1) * o],
+                                "{dt:?} {isa:?} row {r}"
+                            );
                         }
                     }
                 }
@@ -1213,17 +1415,53 @@ mod tests {
     #[test]
     fn fused_jobs_and_bias_match_separate_calls() {
         let (rows, i) = (3, 70);
-        let x: Vec<f32> = (0..rows * i).map(|k| ((k % 7) as f32 - 3.0) / 4.0).collect();
+        let x: Vec<f32> = (0..rows * i)
+            .map(|k| ((k % 7) as f32 - 3.0) / 4.0)
+            .collect();
         let mk = |o: usize, s: usize| Linear {
-            weight: tensor(DType::BF16, o, i, &(0..o * i).map(|k| (((k + s) % 11) as f32 - 5.0) / 8.0).collect::<Vec<_>>()),
-            bias: Some(HostTensor::from_f32("b", vec![o], &(0..o).map(|j| j as f32 / 3.0).collect::<Vec<_>>()).unwrap()),
+            weight: tensor(
+                DType::BF16,
+                o,
+                i,
+                &(0..o * i)
+                    .map(|k| (((k + s) % 11) as f32 - 5.0) / 8.0)
+                    .collect::<Vec<_>>(),
+            ),
+            bias: Some(
+                HostTensor::from_f32(
+                    "b",
+                    vec![o],
+                    &(0..o).map(|j| j as f32 / 3.0).collect::<Vec<_>>(),
+                )
+                .unwrap(),
+            ),
         };
         let (a, b) = (mk(50, 1), mk(21, 2));
         let mut oa = vec![0f32; rows * 50];
         let mut ob = vec![0f32; rows * 21];
-        matmul_many(&x, rows, &mut [Job { lin: &a, out: &mut oa }, Job { lin: &b, out: &mut ob }]);
+        matmul_many(
+            &x,
+            rows,
+            &mut [
+                Job {
+                    lin: &a,
+                    out: &mut oa,
+                },
+                Job {
+                    lin: &b,
+                    out: &mut ob,
+                },
+            ],
+        );
         let mut sa = vec![0f32; rows * 50];
-        matmul_many(&x, rows, &mut [Job { lin: &a, out: &mut sa }]);
+        matmul_many(
+            &x,
+            rows,
+            &mut [Job {
+                lin: &a,
+                out: &mut sa,
+            }],
+        );
         assert_eq!(oa, sa);
         let want = naive(&x, rows, &b.weight);
         for r in 0..rows {

@@ -195,9 +195,18 @@ impl Backend for CpuBackend {
             &x.data,
             rows,
             &mut [
-                matmul::Job { lin: &lw.q, out: &mut s.q },
-                matmul::Job { lin: &lw.k, out: &mut s.k },
-                matmul::Job { lin: &lw.v, out: &mut s.v },
+                matmul::Job {
+                    lin: &lw.q,
+                    out: &mut s.q,
+                },
+                matmul::Job {
+                    lin: &lw.k,
+                    out: &mut s.k,
+                },
+                matmul::Job {
+                    lin: &lw.v,
+                    out: &mut s.v,
+                },
             ],
         );
         let (qn, kn) = (&w.q_norms[layer], &w.k_norms[layer]);
@@ -261,8 +270,14 @@ impl Backend for CpuBackend {
             &x.data,
             rows,
             &mut [
-                matmul::Job { lin: &lw.gate, out: &mut s.gate },
-                matmul::Job { lin: &lw.up, out: &mut s.up },
+                matmul::Job {
+                    lin: &lw.gate,
+                    out: &mut s.gate,
+                },
+                matmul::Job {
+                    lin: &lw.up,
+                    out: &mut s.up,
+                },
             ],
         );
         ops::swiglu(&mut s.gate, &s.up);

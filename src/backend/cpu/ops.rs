@@ -174,11 +174,19 @@ pub fn attention(
             o,
         );
     };
-    let work: usize = (0..rows).map(|r| visible(r).1 + 1 - visible(r).0).sum::<usize>() * dims.heads * d;
+    let work: usize = (0..rows)
+        .map(|r| visible(r).1 + 1 - visible(r).0)
+        .sum::<usize>()
+        * dims.heads
+        * d;
     if work < 1 << 16 {
-        out.chunks_mut(group * d).enumerate().for_each(|(i, o)| f(i, o));
+        out.chunks_mut(group * d)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
     } else {
-        out.par_chunks_mut(group * d).enumerate().for_each(|(i, o)| f(i, o));
+        out.par_chunks_mut(group * d)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
     }
 }
 
@@ -203,10 +211,14 @@ fn attend_group(
         match isa() {
             // SAFETY: the instruction set was detected at run time.
             Isa::Avx512 => unsafe {
-                return attend_group_avx512(qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o);
+                return attend_group_avx512(
+                    qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o,
+                );
             },
             Isa::Avx2 => unsafe {
-                return attend_group_avx2(qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o);
+                return attend_group_avx2(
+                    qs, k_cache, v_cache, blocks, bs, start, pos, kh, dims, o,
+                );
             },
             Isa::Scalar => {}
         }
@@ -218,7 +230,16 @@ fn attend_group(
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_group_avx512(
-    qs: &[f32], k: &[f32], v: &[f32], b: &[u32], bs: usize, s: usize, p: usize, kh: usize, dims: AttnDims, o: &mut [f32],
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: &[u32],
+    bs: usize,
+    s: usize,
+    p: usize,
+    kh: usize,
+    dims: AttnDims,
+    o: &mut [f32],
 ) {
     attend_group_body(qs, k, v, b, bs, s, p, kh, dims, o)
 }
@@ -227,7 +248,16 @@ unsafe fn attend_group_avx512(
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_group_avx2(
-    qs: &[f32], k: &[f32], v: &[f32], b: &[u32], bs: usize, s: usize, p: usize, kh: usize, dims: AttnDims, o: &mut [f32],
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: &[u32],
+    bs: usize,
+    s: usize,
+    p: usize,
+    kh: usize,
+    dims: AttnDims,
+    o: &mut [f32],
 ) {
     attend_group_body(qs, k, v, b, bs, s, p, kh, dims, o)
 }
