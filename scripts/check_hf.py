@@ -637,8 +637,16 @@ def pick_dims(rng, arch):
     return hidden, heads, kv, head_dim, explicit
 
 
-def random_spec(rng, vocab):
+# the architectures real checkpoints pair with each tokenizer style (Llama 3, Qwen, SmolLM, Llama 2 /
+# TinyLlama / Mistral v0.1, Mistral v0.3); a quarter of the seeds pair at random instead
+REALISTIC_ARCH = {"llama3": ["llama"], "qwen": ["qwen2", "qwen3"], "gpt2": ["llama"], "llama2": ["llama", "mistral"],
+                  "metaspace": ["mistral", "llama"]}
+
+
+def random_spec(rng, vocab, style=None):
     arch = rng.choice(["llama", "llama", "mistral", "qwen2", "qwen3"])
+    if style in REALISTIC_ARCH and rng.random() < 0.75:
+        arch = rng.choice(REALISTIC_ARCH[style])
     hidden, heads, kv, head_dim, explicit = pick_dims(rng, arch)
     inter = rng.choice([32, 48, 64, 100, 128, 160, 200, 256, 384])
     layers = rng.randint(1, 4)
@@ -1041,7 +1049,7 @@ class Case:
         style = rng.choice(list(STYLES))
         ft, tv = build_tokenizer(rng, style)
         V = len(ft)
-        spec = random_spec(rng, V)
+        spec = random_spec(rng, V, style)
         spec["seed"] = self.seed
         st = STYLES[style]
         eos_id = ft.convert_tokens_to_ids(st["eos"])
@@ -1856,11 +1864,15 @@ class Case:
                       rope=rng.choice(["default", "default", "linear"]))
             H = sp["num_attention_heads"]
             sp["hidden_size"] = max(H, sp["hidden_size"] - sp["hidden_size"] % H)
-            src = build_model(sp, None, self.eos_id, None).float()
+            src = build_model(sp, None, self.eos_id, None)
         qtype = rng.choice(["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
         gdir = self.dir + "_gguf"
         shutil.rmtree(gdir, ignore_errors=True)
         os.makedirs(gdir)
+        if src is not self.model:
+            # through the disk, so that buffers (RoPE inv_freq) are computed in float32 as on a load
+            src.save_pretrained(os.path.join(gdir, "src"))
+            src = AutoModelForCausalLM.from_pretrained(os.path.join(gdir, "src"), dtype=torch.float32).eval()
         path = os.path.join(gdir, "model.gguf")
         spm = self.write_gguf(path, qtype, src, sp)
         rear = Rear(self.args.rear, path)
@@ -1885,7 +1897,7 @@ class Case:
                 R.skip(pfx + "score", "linear rope + quantized: no reference")
                 shutil.rmtree(gdir, ignore_errors=True)
                 return
-            hm = src.float()
+            hm = src
         # ids work whatever the tokenizer
         P, Y = self.rand_ids(rng.randint(1, 40)), self.rand_ids(12)
         js, cmd, err = rear.json_lines(["score", "--prompt-ids", ids_arg(P), "--response-ids", ids_arg(Y), "--json"])
