@@ -352,6 +352,12 @@ fn parse_sliding(v: &Value, arch: Arch, num_layers: usize) -> Result<Vec<Option<
         Arch::Llama => Ok(full),
         Arch::Mistral => Ok(vec![window; num_layers]),
         Arch::Qwen2 | Arch::Qwen3 => {
+            // As transformers: the window applies only with `use_sliding_window`.
+            let window = if opt_bool(v, "use_sliding_window")?.unwrap_or(false) {
+                window
+            } else {
+                None
+            };
             if let Some(types) = field(v, "layer_types").and_then(|t| t.as_array()) {
                 if types.len() != num_layers {
                     return Err(Error::Config(format!(
@@ -363,15 +369,21 @@ fn parse_sliding(v: &Value, arch: Arch, num_layers: usize) -> Result<Vec<Option<
                     .iter()
                     .map(|t| match t.as_str() {
                         Some("full_attention") => Ok(None),
-                        Some("sliding_attention") => window.map(Some).ok_or_else(|| {
-                            Error::Config("sliding_attention layer without `sliding_window`".into())
-                        }),
+                        Some("sliding_attention") => Ok(window),
                         _ => Err(Error::Config(format!("unsupported layer type {t}"))),
                     })
                     .collect();
             }
             if opt_bool(v, "use_sliding_window")?.unwrap_or(false) {
-                let from = opt_usize(v, "max_window_layers")?.unwrap_or(num_layers);
+                // 0 is valid here (every layer slides).
+                let from = match field(v, "max_window_layers") {
+                    None => num_layers,
+                    Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                        Error::Config(format!(
+                            "field `max_window_layers` must be an integer, got {x}"
+                        ))
+                    })?,
+                };
                 return Ok((0..num_layers)
                     .map(|l| if l >= from { window } else { None })
                     .collect());
@@ -389,6 +401,23 @@ mod tests {
     fn base() -> Value {
         json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,
                "num_attention_heads":4,"num_key_value_heads":2,"num_hidden_layers":2,"vocab_size":100})
+    }
+
+    #[test]
+    fn max_window_layers_may_be_zero() {
+        let mut q = base();
+        q["architectures"] = json!(["Qwen2ForCausalLM"]);
+        q["max_window_layers"] = json!(0);
+        assert_eq!(
+            ModelConfig::from_json(&q).unwrap().sliding_window,
+            vec![None, None]
+        );
+        q["use_sliding_window"] = json!(true);
+        q["sliding_window"] = json!(8);
+        assert_eq!(
+            ModelConfig::from_json(&q).unwrap().sliding_window,
+            vec![Some(8), Some(8)]
+        );
     }
 
     #[test]
