@@ -131,11 +131,9 @@ impl ModelConfig {
             })?;
             let eos = token_id_list(&g, "eos_token_id")
                 .map_err(|e| Error::Config(format!("{}: {}", gen_path.display(), strip(e))))?;
-            for id in eos {
-                if !cfg.eos_token_ids.contains(&id) {
-                    cfg.eos_token_ids.push(id);
-                }
-            }
+            // As HF generate(): when generation_config.json exists, its EOS ids (possibly none)
+            // replace config.json's.
+            cfg.eos_token_ids = eos;
             if cfg.bos_token_id.is_none() {
                 cfg.bos_token_id = token_id_list(&g, "bos_token_id")?.first().copied();
             }
