@@ -1455,14 +1455,260 @@ def main_gguf(argv):
     TOK = train_base_tokenizer()
     write_types_gguf()
     make_tiny_llama_golden()
+    make_spm_goldens()
     if os.path.isfile(smol):
         make_smollm_golden(smol)
     else:
         print(f"smollm2: {smol} not found (run rear once, or pass --smollm FILE.gguf); golden not rewritten")
 
 
+# ----------------------------------------------------------------------------------------------
+# 6. GGUF with a SentencePiece tokenizer (python3 scripts/make_fixtures.py --gguf-spm; also run by
+#    --gguf). Needs sentencepiece, gguf, numpy and transformers (whose GGUF reader imports torch);
+#    this part builds no torch model.
+# ----------------------------------------------------------------------------------------------
+#
+#   tests/fixtures/gguf/tiny_spm.gguf, tiny_spm_golden.json   a SentencePiece BPE vocabulary
+#       trained by the `sentencepiece` library on CORPUS (byte fallback, so <0x00>..<0xFF>; <unk>
+#       <s> </s>; control <|im_start|> <|im_end|>; user-defined <|user|> <|assistant|> <|system|>;
+#       digits split; whitespace-only pieces) written as llama.cpp's convert_hf_to_gguf.py writes
+#       one (tokenizer.ggml.model "llama", tokens, scores, token types, no merges), add_bos true,
+#       TinyLlama-Chat's (Zephyr) template, and random numpy weights of a 2-layer llama so that the
+#       binary can load it
+#   tests/fixtures/gguf/tiny_tok_spm_mistral.gguf, tiny_tok_spm_mistral_golden.json   the same
+#       vocabulary, metadata only: no add_bos_token key (transformers then adds BOS), add_eos true,
+#       no unknown/padding ids, a Mistral-style [INST] template that writes bos_token itself
+# Goldens: transformers' AutoTokenizer.from_pretrained(dir, gguf_file=...) on each file: encode (with
+# and without special tokens), decode, chat template text and ids, the tokenizer class, named
+# special tokens, and the backend tokenizer's components (for reference when something differs).
+
+SPM_VOCAB = 640
+SPM_USER_DEFINED = ["<|user|>", "<|assistant|>", "<|system|>"]
+SPM_CONTROL = ["<|im_start|>", "<|im_end|>"]
+
+# TinyLlama-1.1B-Chat-v1.0's template, as its GGUF files carry it.
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n"
+    "{{ '<|assistant|>' }}\n"
+    "{% endif %}\n"
+    "{% endfor %}"
+)
+
+SPM_ENCODE_TEXTS = GGUF_ENCODE_TEXTS + [
+    "",
+    " ",
+    "   ",
+    "a",
+    " Hello",
+    "Hello</s><s> world<unk>!",
+    "<s>The capital</s>",
+    "<|user|>\nWhat is the capital of France?</s>\n<|assistant|>\n",
+    "x<|user|>y <|assistant|> z",
+    "<|im_start|>system\nAnswer concisely.<|im_end|>\n",
+    "\u2581already \u2581\u2581marked\u2581",
+    "<0x41> is not a byte token, <0xFF>",
+    "new\nlines\r\n and\ttabs\t\t  and    runs     of spaces",
+    "Digits 1234567890 and 3.14159",
+    "\U0001F3F4\u200d\u2620\ufe0f \u00e7a va? \u65e5\u672c\u8a9e \u00f1 \U0001F99C",
+    "def greet(name):\n    return \"Hello, \" + name + \"!\"\n",
+    "The pirate ship sailed out of the harbour at dawn.",
+]
+
+SPM_CHAT_CASES = GGUF_CHAT_CASES[:4]
+
+
+def train_spm():
+    """A SentencePiece BPE model (serialized proto) trained on CORPUS; deterministic."""
+    import io
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS.splitlines()), model_writer=model, model_type="bpe",
+        vocab_size=SPM_VOCAB, byte_fallback=True, character_coverage=0.9995, num_threads=1,
+        user_defined_symbols=SPM_USER_DEFINED, control_symbols=SPM_CONTROL, split_digits=True,
+        allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", minloglevel=2)
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def spm_vocab(sp):
+    """(tokens, scores, token types) as convert_hf_to_gguf.py _create_vocab_sentencepiece builds them."""
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            t = 2  # UNKNOWN
+        elif sp.is_control(i):
+            t = 3  # CONTROL
+        elif sp.is_unused(i):
+            t = 5  # UNUSED
+        elif sp.is_byte(i):
+            t = 6  # BYTE
+        elif tokens[-1] in SPM_USER_DEFINED:
+            t = 4  # USER_DEFINED
+        else:
+            t = 1  # NORMAL
+        types.append(t)
+    return tokens, scores, types
+
+
+def gguf_spm_tokenizer_kv(w, vocab, bos, eos, unk, pad, add_bos, add_eos, template):
+    """The tokenizer.* keys llama.cpp writes for a SentencePiece tokenizer (None: key left out)."""
+    tokens, scores, types = vocab
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_string("tokenizer.ggml.pre", "default")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.scores", scores)
+    w.add_array("tokenizer.ggml.token_type", types)
+    for key, v in [("bos", bos), ("eos", eos), ("unknown", unk), ("padding", pad)]:
+        if v is not None:
+            w.add_uint32(f"tokenizer.ggml.{key}_token_id", tokens.index(v))
+    if add_bos is not None:
+        w.add_bool("tokenizer.ggml.add_bos_token", add_bos)
+    if add_eos is not None:
+        w.add_bool("tokenizer.ggml.add_eos_token", add_eos)
+    w.add_string("tokenizer.chat_template", template)
+
+
+def write_spm_llama_gguf(vocab, seed=8008):
+    """A 2-layer llama with numpy random weights (F16 and Q8_0) and the SentencePiece tokenizer."""
+    import numpy as np
+    import gguf
+
+    c = TINY
+    V = len(vocab[0])
+    rng = np.random.default_rng(seed)
+    path = os.path.join(GGUF_DIR, "tiny_spm.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny llama, sentencepiece tokenizer")
+    w.add_uint32("llama.context_length", c["ctx"])
+    w.add_uint32("llama.embedding_length", c["hidden"])
+    w.add_uint32("llama.block_count", c["layers"])
+    w.add_uint32("llama.feed_forward_length", c["inter"])
+    w.add_uint32("llama.rope.dimension_count", c["head_dim"])
+    w.add_uint32("llama.attention.head_count", c["heads"])
+    w.add_uint32("llama.attention.head_count_kv", c["kv_heads"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", c["eps"])
+    w.add_float32("llama.rope.freq_base", c["theta"])
+    w.add_uint32("llama.vocab_size", V)
+    w.add_uint32("general.file_type", 7)
+    gguf_spm_tokenizer_kv(w, vocab, "<s>", "</s>", "<unk>", "</s>", True, False, ZEPHYR_TEMPLATE)
+    mat = lambda r, k: (rng.standard_normal((r, k)) * 0.3).astype(np.float32)
+    norm = lambda n: (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    h, kvd = c["hidden"], c["kv_heads"] * c["head_dim"]
+    tensors = [("token_embd.weight", mat(V, h), "Q8_0")]
+    for i in range(c["layers"]):
+        tensors += [
+            (f"blk.{i}.attn_norm.weight", norm(h), "F32"),
+            (f"blk.{i}.attn_q.weight", mat(c["heads"] * c["head_dim"], h), "Q8_0"),
+            (f"blk.{i}.attn_k.weight", mat(kvd, h), "Q8_0"),
+            (f"blk.{i}.attn_v.weight", mat(kvd, h), "F16"),
+            (f"blk.{i}.attn_output.weight", mat(h, c["heads"] * c["head_dim"]), "Q8_0"),
+            (f"blk.{i}.ffn_norm.weight", norm(h), "F32"),
+            (f"blk.{i}.ffn_gate.weight", mat(c["inter"], h), "Q8_0"),
+            (f"blk.{i}.ffn_up.weight", mat(c["inter"], h), "F16"),
+            (f"blk.{i}.ffn_down.weight", mat(h, c["inter"]), "Q8_0"),
+        ]
+    tensors += [("output_norm.weight", norm(h), "F32"), ("output.weight", mat(V, h), "Q8_0")]
+    for name, x, t in tensors:
+        data, raw = gguf_quant(x, t)
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_spm_mistral_tok_gguf(vocab):
+    import gguf
+
+    path = os.path.join(GGUF_DIR, "tiny_tok_spm_mistral.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny sentencepiece tokenizer, mistral-style")
+    gguf_spm_tokenizer_kv(w, vocab, "<s>", "</s>", None, None, None, True, MISTRAL_TEMPLATE)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def spm_golden(path, tok):
+    """Everything the Rust side compares, from transformers' tokenizer for one GGUF file."""
+    encode = [{"text": t, "add_special_tokens": f, "ids": tok(t, add_special_tokens=f)["input_ids"]}
+              for t in SPM_ENCODE_TEXTS for f in (True, False)]
+    decode = []
+    samples = [
+        tok("<|assistant|>\nArr, Paris it be! 🦜</s>", add_special_tokens=True)["input_ids"],
+        tok("  two leading spaces and é", add_special_tokens=False)["input_ids"],
+        tok("<|im_start|>user<|im_end|>", add_special_tokens=False)["input_ids"],
+        [tok.convert_tokens_to_ids("he"), tok.convert_tokens_to_ids("\u2581the")],
+        [tok.convert_tokens_to_ids("<0xF0>"), tok.convert_tokens_to_ids("<0x9F>"), tok.convert_tokens_to_ids("<0x41>")],
+        [tok.convert_tokens_to_ids("<0xC3>"), tok.convert_tokens_to_ids("<0xA9>"), tok.convert_tokens_to_ids("\u2581a")],
+    ]
+    for ids in samples:
+        for s in (True, False):
+            decode.append({"ids": ids, "skip_special_tokens": s, "text": tok.decode(ids, skip_special_tokens=s)})
+    chat = []
+    for msgs in SPM_CHAT_CASES:
+        try:
+            text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # a template that rejects the conversation (e.g. [INST] roles)
+            chat.append({"messages": msgs, "add_generation_prompt": True, "error": str(e)})
+            continue
+        ids = chat_ids(tok, msgs)
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+        chat.append({"messages": msgs, "add_generation_prompt": True, "text": text, "ids": ids})
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    added = [{k: t[k] for k in ("id", "content", "special", "normalized")} for t in backend["added_tokens"]]
+    model = {k: v for k, v in backend["model"].items() if k not in ("vocab", "merges")}
+    model["num_merges"] = len(backend["model"]["merges"])
+    return {
+        "model": os.path.basename(path),
+        "transformers_version": transformers.__version__,
+        "tokenizers_version": tokenizers.__version__,
+        "class": type(tok).__name__,
+        "len": len(tok),
+        "special_tokens": {k: str(getattr(tok, k)) if getattr(tok, k) is not None else None
+                           for k in ("bos_token", "eos_token", "unk_token", "pad_token")},
+        "add_bos_token": tok.add_bos_token,
+        "add_eos_token": tok.add_eos_token,
+        "backend": [{"normalizer": backend["normalizer"], "pre_tokenizer": backend["pre_tokenizer"],
+                     "post_processor": backend["post_processor"], "decoder": backend["decoder"],
+                     "model": model}],
+        "added_tokens": added,
+        "merges_head": [backend["model"]["merges"][:40]],
+        "encode": encode,
+        "decode": decode,
+        "chat": chat,
+    }
+
+
+def make_spm_goldens():
+    os.makedirs(GGUF_DIR, exist_ok=True)
+    vocab = spm_vocab(train_spm())
+    for path in (write_spm_llama_gguf(vocab), write_spm_mistral_tok_gguf(vocab)):
+        _, tok = load_gguf_hf(path, model=False)
+        golden = spm_golden(path, tok)
+        write_golden(path[: -len(".gguf")] + "_golden.json", golden)
+        print(f"{os.path.basename(path)}: {os.path.getsize(path)} bytes, class {golden['class']}")
+
+
 if __name__ == "__main__":
-    if "--gguf" in sys.argv[1:]:
+    if "--gguf-spm" in sys.argv[1:]:
+        make_spm_goldens()
+    elif "--gguf" in sys.argv[1:]:
         main_gguf(sys.argv[1:])
     else:
         main()
