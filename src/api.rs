@@ -153,6 +153,18 @@ impl Rear {
         })
     }
 
+    /// The one-line message for text input to a model without a tokenizer, ending in `hint`: names
+    /// the file, and for a GGUF file whose tokenizer kind rear does not convert, that kind.
+    pub fn no_tokenizer(&self, hint: &str) -> String {
+        match crate::model::gguf::no_tokenizer_reason(&self.model_path) {
+            Some(why) => format!("{why}; {hint}"),
+            None => format!(
+                "{}: the model has no tokenizer.json; {hint}",
+                self.model_path.display()
+            ),
+        }
+    }
+
     /// Builds the contexts of a text request (DESIGN §4): with preferences, one pref context per
     /// preference (weights `lambdas`) plus the base context; without, one context.
     pub fn text_prompt(
@@ -163,12 +175,10 @@ impl Rear {
         placement: PreferenceIn,
         raw: bool,
     ) -> Result<(Prompt, Option<String>)> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            Error::Input(format!(
-                "{}: the model has no tokenizer.json; give token ids (--prompt-ids)",
-                self.model_path.display()
-            ))
-        })?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Input(self.no_tokenizer("give token ids (--prompt-ids)")))?;
         let (prefs, base, notice) = crate::model::chat::build_contexts_multi(
             tok,
             self.template.as_ref(),

@@ -351,7 +351,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             let tok = rear
                 .tokenizer
                 .as_ref()
-                .ok_or_else(|| anyhow!("the model has no tokenizer; use --response-ids"))?;
+                .ok_or_else(|| anyhow!(rear.no_tokenizer("use --response-ids")))?;
             tok.encode(t, false)?
         }
     };
@@ -399,7 +399,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = rear
         .tokenizer
         .as_ref()
-        .ok_or_else(|| anyhow!("the model has no tokenizer.json"))?;
+        .ok_or_else(|| anyhow!(rear.no_tokenizer("`rear tokenize` needs one")))?;
     let (prompt, notice) = spec.prompt(&rear)?;
     if let Some(n) = notice {
         defer_notice(format!("notice: {n}"));

@@ -481,18 +481,6 @@ fn malformed_models_are_clear_errors() {
     expect(&m, &["unsupported architecture `llamb`"]);
     let m = load_error(
         &dir,
-        "model_tokenizer",
-        &mutate(&|b| {
-            let p = find_key_value(&good, "tokenizer.ggml.model");
-            b[p + 8..p + 12].copy_from_slice(b"bert");
-        }),
-    );
-    expect(
-        &m,
-        &["unsupported tokenizer `bert`", "tokenizer.ggml.model"],
-    );
-    let m = load_error(
-        &dir,
         "model_missing_tensor",
         &mutate(&|b| {
             let p = find_bytes(&good, b"blk.1.ffn_down.weight");
@@ -820,4 +808,263 @@ fn default_model_name_resolves_without_network_when_cached() {
             cached
         );
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// SentencePiece tokenizers (`tokenizer.ggml.model = "llama"`) and unsupported kinds
+// ------------------------------------------------------------------------------------------------
+
+/// The SentencePiece fixtures against transformers' goldens: named special tokens, BOS/EOS added,
+/// vocabulary size with added tokens, added tokens and their special flags, encode (with and
+/// without special tokens), decode, and the chat template's text and ids.
+fn check_spm(name: &str) {
+    let g = json(&fixture(&format!("gguf/{name}_golden.json")));
+    let file = GgufFile::open(&fixture(&format!("gguf/{name}.gguf"))).unwrap();
+    let tok = rear::model::gguf::tokenizer_from_gguf(&file)
+        .unwrap()
+        .expect("tokenizer");
+    for (k, v) in g["special_tokens"].as_object().unwrap() {
+        assert_eq!(tok.special_token(k), v.as_str(), "{name}: {k}");
+    }
+    assert_eq!(
+        tok.vocab_size() as u64,
+        g["len"].as_u64().unwrap(),
+        "{name}: len"
+    );
+    let added = tok.inner().get_added_tokens_decoder();
+    for t in g["added_tokens"].as_array().unwrap() {
+        let id = t["id"].as_u64().unwrap() as u32;
+        let a = added
+            .get(&id)
+            .unwrap_or_else(|| panic!("{name}: added token {t}"));
+        assert_eq!(a.content, t["content"].as_str().unwrap(), "{name}: {t}");
+        assert_eq!(a.special, t["special"].as_bool().unwrap(), "{name}: {t}");
+        assert_eq!(
+            a.normalized,
+            t["normalized"].as_bool().unwrap(),
+            "{name}: {t}"
+        );
+    }
+    assert_eq!(
+        added.len(),
+        g["added_tokens"].as_array().unwrap().len(),
+        "{name}: added tokens"
+    );
+    let bos = tok.bos_token_id().unwrap();
+    let eos = tok.eos_token_id().unwrap();
+    let probe = tok.encode("a", true).unwrap();
+    assert_eq!(
+        probe.first() == Some(&bos),
+        g["add_bos_token"].as_bool().unwrap(),
+        "{name}: BOS added"
+    );
+    assert_eq!(
+        probe.last() == Some(&eos),
+        g["add_eos_token"].as_bool().unwrap(),
+        "{name}: EOS added"
+    );
+    for c in g["encode"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        let sp = c["add_special_tokens"].as_bool().unwrap();
+        assert_eq!(
+            tok.encode(text, sp).unwrap(),
+            ids(&c["ids"]),
+            "{name}: encode {text:?} (special {sp})"
+        );
+    }
+    for c in g["decode"].as_array().unwrap() {
+        let skip = c["skip_special_tokens"].as_bool().unwrap();
+        assert_eq!(
+            tok.decode(&ids(&c["ids"]), skip).unwrap(),
+            c["text"].as_str().unwrap(),
+            "{name}: decode {} (skip {skip})",
+            c["ids"]
+        );
+    }
+    let tpl = rear::model::gguf::chat_template_from_gguf(&file, Some(&tok))
+        .unwrap()
+        .expect("chat template");
+    for c in g["chat"].as_array().unwrap() {
+        let msgs = messages(&c["messages"]);
+        if c.get("error").is_some() {
+            assert!(tpl.render(&msgs, true).is_err(), "{name}: {msgs:?}");
+            continue;
+        }
+        let text = tpl.render(&msgs, true).unwrap();
+        assert_eq!(text, c["text"].as_str().unwrap(), "{name}: rendered chat");
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            ids(&c["ids"]),
+            "{name}: chat ids"
+        );
+    }
+}
+
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_transformers() {
+    check_spm("tiny_spm");
+}
+
+#[test]
+fn sentencepiece_gguf_defaults_match_transformers() {
+    // No add_bos_token key (BOS added all the same), add_eos_token, no unknown/padding ids, and a
+    // template that writes bos_token itself.
+    check_spm("tiny_tok_spm_mistral");
+}
+
+#[test]
+fn sentencepiece_gguf_model_loads_and_builds_chat_contexts() {
+    let path = fixture("gguf/tiny_spm.gguf");
+    let g = json(&fixture("gguf/tiny_spm_golden.json"));
+    let r = Rear::load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(r.config().vocab_size, 640);
+    assert_eq!(r.config().bos_token_id, Some(1));
+    assert_eq!(r.config().eos_token_ids, vec![2]);
+    let chat = g["chat"].as_array().unwrap();
+    assert_eq!(chat[1]["messages"][0]["role"], "system");
+    let (prompt, _) = r
+        .text_prompt(
+            chat[1]["messages"][1]["content"].as_str().unwrap(),
+            &[chat[1]["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()],
+            &[3.0],
+            PreferenceIn::System,
+            false,
+        )
+        .unwrap();
+    assert_eq!(prompt.contexts[0], ids(&chat[1]["ids"]), "pref context");
+    assert_eq!(prompt.contexts[1], ids(&chat[0]["ids"]), "base context");
+
+    // The binary: the chat-rendered ids of a text prompt, and a short generation.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rear"))
+        .args(["tokenize", "--json", "--model"])
+        .arg(&path)
+        .args([
+            "--prompt",
+            chat[0]["messages"][0]["content"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&j["pref_ids"]), ids(&chat[0]["ids"]));
+    assert_eq!(j["pref_text"], chat[0]["text"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rear"))
+        .args(["generate", "--json", "--max-new-tokens", "4", "--model"])
+        .arg(&path)
+        .args(["--prompt", "Tell me a joke!", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// tiny_llama.gguf with `tokenizer.ggml.model` set to `kind` (same length as "gpt2").
+fn with_tokenizer_kind(dir: &Path, kind: &str) -> PathBuf {
+    assert_eq!(kind.len(), 4);
+    let mut b = std::fs::read(fixture("gguf/tiny_llama.gguf")).unwrap();
+    let p = find_key_value(&b, "tokenizer.ggml.model");
+    b[p + 8..p + 12].copy_from_slice(kind.as_bytes());
+    let path = dir.join(format!("tok_{kind}.gguf"));
+    std::fs::write(&path, &b).unwrap();
+    path
+}
+
+#[test]
+fn unsupported_tokenizer_kind_loads_for_token_ids_and_names_itself_on_text() {
+    let dir = temp_dir("unsupported_tok");
+    let path = with_tokenizer_kind(&dir, "bert");
+    let file = GgufFile::open(&path).unwrap();
+    let why = rear::model::gguf::unsupported_tokenizer(&file)
+        .unwrap()
+        .unwrap();
+    assert!(
+        why.contains("`bert`") && why.contains("tokenizer.ggml.model"),
+        "{why}"
+    );
+    let e = rear::model::gguf::tokenizer_from_gguf(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unsupported tokenizer `bert`"), "{e}");
+
+    // The library: loads, no tokenizer, token ids work, text is one clear error.
+    let mut r = Rear::load(&path, &LoadOptions::default()).unwrap();
+    assert!(r.tokenizer.is_none());
+    let p = SearchParams {
+        algo: Algo::Greedy,
+        max_new_tokens: 3,
+        ignore_eos: true,
+        ..r.default_params()
+    };
+    let out = r.generate(&single(vec![442, 100, 200]), &p).unwrap();
+    assert_eq!(out[0].token_ids.len(), 3);
+    let e = r
+        .text_prompt("hi", &[], &[], PreferenceIn::System, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tok_bert.gguf") && e.contains("`bert`") && e.contains("--prompt-ids"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+
+    // The binary: --prompt-ids generates; --prompt exits 2 with one line naming file and kind.
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rear"))
+            .args(args)
+            .arg("--model")
+            .arg(&path)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "generate",
+        "--json",
+        "--max-new-tokens",
+        "3",
+        "--prompt-ids",
+        "442,100",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(j.to_string().contains("token_ids"), "{j}");
+    for args in [
+        &["generate", "--prompt", "hi"][..],
+        &["tokenize", "--prompt", "hi"][..],
+        &["score", "--prompt-ids", "442", "--response", "hi"][..],
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("tok_bert.gguf")
+                && stderr.contains("`bert`")
+                && stderr.contains("tokenizer.ggml.model"),
+            "{args:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

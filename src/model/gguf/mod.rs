@@ -13,16 +13,23 @@
 //! This file holds the loader entry points: [`load_model`] and the config from the `llama.*` keys.
 //! The parts: `parse` (the header, metadata and tensor table reader), `meta` (metadata values and
 //! typed access to them), `names` (tensor names and the q/k un-permutation), `tokenizer` (the
-//! tokenizer and chat template from metadata).
+//! tokenizer and chat template from metadata), `spm` (the SentencePiece kind of tokenizer).
+//!
+//! A file whose tokenizer kind rear cannot convert still loads, without a tokenizer: token ids
+//! work, and text input fails with [`no_tokenizer_reason`]'s line.
 mod meta;
 mod names;
 mod parse;
+mod spm;
 mod tokenizer;
 
 pub use meta::{MetaArray, MetaValue};
 pub use names::{gguf_tensor_name, hf_tensor_name, hf_tensors, unpermute_qk_rows};
 pub use parse::{dtype_from_ggml, ggml_type_of, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAGIC};
-pub use tokenizer::{chat_template_from_gguf, pre_tokenizer_split, tokenizer_from_gguf};
+pub use tokenizer::{
+    chat_template_from_gguf, pre_tokenizer_split, tokenizer_from_gguf, unsupported_tokenizer,
+    SUPPORTED_TOKENIZERS,
+};
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
@@ -239,7 +246,11 @@ pub fn load_model(path: &Path) -> Result<Model> {
         Error::Weights(m) => g.err(with_gguf_names(&m)),
         other => other,
     })?;
-    let tokenizer = tokenizer_from_gguf(&g)?;
+    // A tokenizer kind rear does not convert leaves the model without one (token ids still work).
+    let tokenizer = match unsupported_tokenizer(&g)? {
+        Some(_) => None,
+        None => tokenizer_from_gguf(&g)?,
+    };
     let template = chat_template_from_gguf(&g, tokenizer.as_ref())?;
     Ok(Model {
         path: path.to_owned(),
@@ -248,6 +259,18 @@ pub fn load_model(path: &Path) -> Result<Model> {
         tokenizer,
         template,
     })
+}
+
+/// Why a GGUF model file loaded without a tokenizer, as one line naming the file and its
+/// `tokenizer.ggml.model`, for an error on text input (callers add what to give instead); `None` when `path` is not such a file (not
+/// a GGUF file, no tokenizer metadata, or a tokenizer rear converts).
+pub fn no_tokenizer_reason(path: &Path) -> Option<String> {
+    if !path.is_file() {
+        return None;
+    }
+    let g = GgufFile::open(path).ok()?;
+    let why = unsupported_tokenizer(&g).ok()??;
+    Some(format!("{}: cannot tokenize text: {why}", path.display()))
 }
 
 /// Adds the GGUF name after each HF tensor name quoted in a weights message.

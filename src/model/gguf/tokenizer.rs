@@ -1,6 +1,7 @@
 //! The tokenizer rebuilt from `tokenizer.ggml.*` as transformers builds it from a GGUF file
-//! (byte-level BPE, its pre-tokenizer split regexes, added and special tokens), and the chat
-//! template from `tokenizer.chat_template`.
+//! (which kinds convert; byte-level BPE; the pre-tokenizer split regexes; added and special
+//! tokens; BOS/EOS), and the chat template from `tokenizer.chat_template`. The SentencePiece
+//! kind's model, pre-tokenizer and decoder are in `spm`.
 use super::meta::MetaValue;
 use super::parse::GgufFile;
 use crate::error::Result;
@@ -50,24 +51,107 @@ pub fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// The tokenizer described by `tokenizer.ggml.*`, built as transformers builds it from the same
-/// file (byte-level BPE for `tokenizer.ggml.model = "gpt2"`). `Ok(None)` when the file has no
-/// tokenizer.
-pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
+/// The `tokenizer.ggml.model` values rear converts: byte-level BPE and SentencePiece.
+pub const SUPPORTED_TOKENIZERS: &[&str] = &["gpt2", "llama"];
+
+/// Why this file's tokenizer cannot be converted, when `tokenizer.ggml.model` names a kind (or an
+/// architecture/kind pairing) that rear does not build; `Ok(None)` when it can be (or when the
+/// file has no tokenizer). The model still loads without a tokenizer: token ids work, text does
+/// not.
+pub fn unsupported_tokenizer(g: &GgufFile) -> Result<Option<String>> {
+    let Some(kind) = g.str_key("tokenizer.ggml.model")? else {
+        return Ok(None);
+    };
+    let arch = g.str_key("general.architecture")?.unwrap_or("");
+    Ok(if !SUPPORTED_TOKENIZERS.contains(&kind) {
+        Some(format!(
+            "unsupported tokenizer `{kind}` (tokenizer.ggml.model; supported: {})",
+            SUPPORTED_TOKENIZERS.join(", ")
+        ))
+    } else if kind == "llama" && matches!(arch, "gemma" | "gemma2" | "gemma3" | "phi3") {
+        // transformers builds these SentencePiece vocabularies differently.
+        Some(format!(
+            "unsupported tokenizer `{kind}` for architecture `{arch}` (tokenizer.ggml.model)"
+        ))
+    } else {
+        None
+    })
+}
+
+/// `tokenizer.ggml.merges` entries as pairs (`merge.split(" ")`, which must give two parts).
+pub(super) fn parse_merges(g: &GgufFile, merges: &[String]) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let mut it = m.split(' ');
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), None) => pairs.push((a.to_string(), b.to_string())),
+            _ => {
+                return Err(g.err(format!(
+                    "`tokenizer.ggml.merges` entry {i} is {m:?}, expected two tokens separated by one space"
+                )))
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// transformers' `byte_level_tokenizer` (a `GPT2Tokenizer` over the vocabulary): a token written
+/// in the byte alphabet stays as it is, any other is respelled byte by byte. The inner
+/// `GPT2Tokenizer` adds its default special token `<|endoftext|>` (appended when the vocabulary
+/// has none).
+fn byte_level_tokenizer(g: &GgufFile, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
     use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
     use tokenizers::models::bpe::{Vocab, BPE};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    let merges = g.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
+        g.err(
+            "metadata key `tokenizer.ggml.merges` is missing (a gpt2 tokenizer needs its merges)"
+                .into(),
+        )
+    })?;
+    let table = bytes_to_unicode();
+    let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let key = if t.chars().all(|c| alphabet.contains(&c)) {
+                t.clone()
+            } else {
+                t.bytes().map(|b| table[b as usize]).collect()
+            };
+            (key, i as u32)
+        })
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, parse_merges(g, merges)?)
+        .build()
+        .map_err(|e| g.err(format!("tokenizer: cannot build the BPE model: {e}")))?;
+    let mut tok = Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    tok.add_tokens(&[AddedToken::from("<|endoftext|>", true)]);
+    Ok(tok)
+}
+
+/// The tokenizer described by `tokenizer.ggml.*`, built as transformers 5 builds it from the same
+/// file (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`, a `TokenizersBackend`): byte-level
+/// BPE for `tokenizer.ggml.model = "gpt2"`, SentencePiece-style BPE for `"llama"` (see `spm`).
+/// `Ok(None)` when the file has no tokenizer; an error when its kind is not supported (see
+/// [`unsupported_tokenizer`]) or its metadata is malformed.
+pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::pre_tokenizers::sequence::Sequence;
     use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-    use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+    use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
     let Some(kind) = g.str_key("tokenizer.ggml.model")? else {
         return Ok(None);
     };
-    if kind != "gpt2" {
-        return Err(g.err(format!(
-            "unsupported tokenizer `{kind}` (tokenizer.ggml.model; supported: gpt2, byte-level BPE)"
-        )));
+    if let Some(why) = unsupported_tokenizer(g)? {
+        return Err(g.err(why));
     }
     let tokens = g
         .str_array("tokenizer.ggml.tokens")?
@@ -76,12 +160,6 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
     if tokens.len() > u32::MAX as usize {
         return Err(g.err("`tokenizer.ggml.tokens` has more than 2^32 tokens".into()));
     }
-    let merges = g.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
-        g.err(
-            "metadata key `tokenizer.ggml.merges` is missing (a gpt2 tokenizer needs its merges)"
-                .into(),
-        )
-    })?;
     let types: Option<Vec<i64>> = match g.get("tokenizer.ggml.token_type") {
         None => None,
         Some(MetaValue::Array(a)) => Some(a.as_ints().ok_or_else(|| {
@@ -96,74 +174,26 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
             )))
         }
     };
+    let byte_level = kind == "gpt2";
+    let mut tok = if byte_level {
+        byte_level_tokenizer(g, tokens)?
+    } else {
+        super::spm::sentencepiece_tokenizer(g, tokens)?
+    };
 
-    // transformers' byte_level_tokenizer: a token written in the byte alphabet stays as it is,
-    // any other is respelled byte by byte.
-    let table = bytes_to_unicode();
-    let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let key = if in_alphabet(t) {
-                t.clone()
-            } else {
-                t.bytes().map(|b| table[b as usize]).collect()
-            };
-            (key, i as u32)
-        })
-        .collect();
-    let mut pairs = Vec::with_capacity(merges.len());
-    for (i, m) in merges.iter().enumerate() {
-        let mut it = m.split(' ');
-        match (it.next(), it.next(), it.next()) {
-            (Some(a), Some(b), None) => pairs.push((a.to_string(), b.to_string())),
-            _ => {
-                return Err(g.err(format!(
-                    "`tokenizer.ggml.merges` entry {i} is {m:?}, expected two tokens separated by one space"
-                )))
-            }
-        }
-    }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, pairs)
-        .build()
-        .map_err(|e| g.err(format!("tokenizer: cannot build the BPE model: {e}")))?;
-    let mut tok = Tokenizer::new(bpe);
-    let pre = g.str_key("tokenizer.ggml.pre")?;
-    match pre.and_then(pre_tokenizer_split) {
-        Some(re) => {
-            let split = Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| {
-                g.err(format!(
-                    "tokenizer: split regex for pre `{}`: {e}",
-                    pre.unwrap_or("")
-                ))
-            })?;
-            let seq = Sequence::new(vec![
-                PreTokenizerWrapper::Split(split),
-                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
-            ]);
-            tok.with_pre_tokenizer(Some(seq));
-        }
-        None => {
-            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        }
-    }
-    tok.with_decoder(Some(ByteLevelDecoder::default()));
-
-    // add_gguf_special_tokens: control tokens spelled in the byte alphabet become special added
-    // tokens; user-defined ones that are in the vocabulary become plain added tokens.
+    // add_gguf_special_tokens: control tokens become special added tokens (in a byte-level
+    // vocabulary only those spelled in the byte alphabet); user-defined ones that are in the
+    // vocabulary become plain added tokens.
     if let Some(types) = &types {
+        let alphabet: std::collections::HashSet<char> =
+            bytes_to_unicode().iter().copied().collect();
         let control: Vec<AddedToken> = tokens
             .iter()
             .zip(types)
-            .filter(|(t, &ty)| ty == TOKEN_TYPE_CONTROL && in_alphabet(t))
+            .filter(|(t, &ty)| {
+                ty == TOKEN_TYPE_CONTROL
+                    && (!byte_level || t.chars().all(|c| alphabet.contains(&c)))
+            })
             .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
             .collect();
         if !control.is_empty() {
@@ -178,6 +208,28 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
         if !user.is_empty() {
             tok.add_tokens(&user);
         }
+    }
+
+    // set_split_regex: a `tokenizer.ggml.pre` with a known split regex replaces the
+    // pre-tokenizer (whatever the kind).
+    let pre = g.str_key("tokenizer.ggml.pre")?;
+    if let Some(re) = pre.and_then(pre_tokenizer_split) {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| {
+            g.err(format!(
+                "tokenizer: split regex for pre `{}`: {e}",
+                pre.unwrap_or("")
+            ))
+        })?;
+        let seq = Sequence::new(vec![
+            PreTokenizerWrapper::Split(split),
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+        ]);
+        tok.with_pre_tokenizer(Some(seq));
     }
 
     // Named special tokens from their ids; one that is not an added token yet is added as a
@@ -221,7 +273,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Option<TextTokenizer>> {
     for (name, id) in &named {
         text.set_special_token(name, id.map(|i| tokens[i as usize].as_str()));
     }
-    let add_bos = g.bool_key("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    // A SentencePiece file without the flag gets BOS, as llama.cpp does (get_gguf_tokenizer).
+    let add_bos = g
+        .bool_key("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(kind == "llama");
     let add_eos = g.bool_key("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     text.set_add_bos_eos(add_bos, add_eos)
         .map_err(|e| g.err(format!("tokenizer: {e}")))?;
