@@ -1,7 +1,10 @@
-//! Text tokenizer: a `tokenizers::Tokenizer` (tokenizer.json) set up the way HF transformers'
-//! `PreTrainedTokenizerFast` (transformers 5 `TokenizersBackend`) sets it up from a model directory,
-//! so that `encode`/`decode` give the ids and text of `tokenizer(text)` / `tokenizer.decode(ids)`.
-//! Also the parsed `tokenizer_config.json` ([`TokenizerConfig`]), shared with the chat template.
+//! Text tokenizer: a `tokenizers::Tokenizer` set up from a model directory the way HF transformers 5
+//! `AutoTokenizer.from_pretrained(dir)` sets it up (class resolution and per-class backends in
+//! [`classes`]; the `TokenizersBackend.__init__` steps here), so that `encode`/`decode` give the ids
+//! and text of `tokenizer(text)` / `tokenizer.decode(ids)`. Also the parsed `tokenizer_config.json`
+//! ([`TokenizerConfig`]), shared with the chat template.
+pub mod classes;
+
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -9,6 +12,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, ModelWrapper, Tokenizer};
 
 use crate::error::{Error, Result};
+use classes::{ModelDirInfo, TokenizerClass};
 
 /// The named special-token attributes of HF tokenizers (`SPECIAL_TOKENS_ATTRIBUTES`), in HF's order.
 pub const SPECIAL_TOKEN_NAMES: [&str; 7] = [
@@ -103,9 +107,29 @@ impl TokenizerConfig {
             .map_err(|_| Error::Config(format!("{}: expected a JSON object", path.display())))
     }
 
-    /// `dir/tokenizer_config.json` (and `dir/special_tokens_map.json` for legacy checkpoints);
-    /// `Ok(None)` when neither exists.
+    /// `dir/tokenizer_config.json` (and `dir/special_tokens_map.json` for legacy checkpoints),
+    /// with the special-token defaults of the tokenizer class transformers picks for the directory
+    /// (e.g. Qwen2Tokenizer's `pad_token`), as HF's `special_tokens_map` has them. `Ok(None)`
+    /// when there is neither a config nor a tokenizer.json.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
+        let json_path = dir.join("tokenizer.json");
+        let cfg = match Self::read_model_dir(dir)? {
+            Some(c) => c,
+            None if json_path.is_file() => TokenizerConfig::default(),
+            None => return Ok(None),
+        };
+        if !json_path.is_file() {
+            return Ok(Some(cfg));
+        }
+        let info = ModelDirInfo::from_model_dir(dir)?;
+        let class = classes::resolve_class(&info, &cfg, &mut || {
+            std::fs::read_to_string(&json_path).is_ok_and(|t| t.contains("\"ByteLevel\""))
+        });
+        Ok(Some(cfg.with_class_defaults(class)))
+    }
+
+    /// The config files as they are (no class defaults); `Ok(None)` when neither exists.
+    fn read_model_dir(dir: &Path) -> Result<Option<Self>> {
         let cfg_path = dir.join("tokenizer_config.json");
         let stm_path = dir.join("special_tokens_map.json");
         let mut cfg = if cfg_path.is_file() {
@@ -116,7 +140,15 @@ impl TokenizerConfig {
             return Ok(None);
         };
         if !cfg.map.contains_key("added_tokens_decoder") && stm_path.is_file() {
-            // transformers: "Legacy: read special_tokens_map.json and merge into init_kwargs"
+            // transformers: "Legacy: read special_tokens_map.json and merge into init_kwargs"; a
+            // dict there becomes `AddedToken(**value, special=True)`.
+            let special = |v: Value| match v {
+                Value::Object(mut m) => {
+                    m.insert("special".into(), Value::Bool(true));
+                    Value::Object(m)
+                }
+                v => v,
+            };
             if let Value::Object(stm) = read_json(&stm_path)? {
                 for (k, v) in stm {
                     if k == "additional_special_tokens" || k == "extra_special_tokens" {
@@ -129,6 +161,7 @@ impl TokenizerConfig {
                         };
                         if let Value::Array(items) = v {
                             for it in items {
+                                let it = special(it);
                                 if !list.contains(&it) {
                                     list.push(it);
                                 }
@@ -140,12 +173,22 @@ impl TokenizerConfig {
                             cfg.map.insert(k, v);
                         }
                     } else {
-                        cfg.map.insert(k, v);
+                        cfg.map.insert(k, special(v));
                     }
                 }
             }
         }
         Ok(Some(cfg))
+    }
+
+    /// Adds the class's special-token defaults for the keys the config does not have.
+    fn with_class_defaults(mut self, class: TokenizerClass) -> Self {
+        for (k, v) in class.default_tokens() {
+            if !self.map.contains_key(*k) {
+                self.map.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+        self
     }
 
     /// The raw value of a key.
@@ -297,6 +340,57 @@ impl TokenizerConfig {
     }
 }
 
+/// The `added_tokens_decoder` transformers builds for a checkpoint whose tokenizer_config.json has
+/// none: `added_tokens.json` (`{token: id}`, special when it is a named or extra special token),
+/// then tokenizer.json's `added_tokens` (which win for the same id); sorted by id.
+fn legacy_added_tokens(
+    dir: &Path,
+    tokenizer_json: &str,
+    cfg: &TokenizerConfig,
+) -> Result<Vec<(u32, AddedToken)>> {
+    let mut out: std::collections::BTreeMap<u32, AddedToken> = Default::default();
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let specials: Vec<String> = SPECIAL_TOKEN_NAMES
+            .iter()
+            .filter_map(|k| cfg.token(k))
+            .chain(cfg.extra_token_list().into_iter().map(|t| t.content))
+            .collect();
+        if let Value::Object(m) = read_json(&added_path)? {
+            for (content, id) in m {
+                let Some(id) = id.as_u64().and_then(|i| u32::try_from(i).ok()) else {
+                    return Err(Error::Config(format!(
+                        "{}: the id of {content:?} is not a token id",
+                        added_path.display()
+                    )));
+                };
+                let special = specials.contains(&content);
+                let mut t = AddedToken::from(content, special);
+                t.normalized = !special;
+                out.insert(id, t);
+            }
+        }
+    }
+    let v: Value = serde_json::from_str(tokenizer_json)
+        .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+    if let Some(Value::Array(items)) = v.get("added_tokens") {
+        for it in items {
+            let (Some(m), Some(id)) = (
+                it.as_object(),
+                it.get("id")
+                    .and_then(Value::as_u64)
+                    .and_then(|i| u32::try_from(i).ok()),
+            ) else {
+                continue;
+            };
+            if let Some(content) = m.get("content").and_then(Value::as_str) {
+                out.insert(id, added_token_from_map(m, content, false));
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text)
@@ -311,6 +405,8 @@ pub struct TextTokenizer {
     clean_up_spaces: bool,
     /// Named special tokens (`bos_token`, `eos_token`, ...) as `(name, token, id)`.
     special: Vec<(String, String, Option<u32>)>,
+    /// The transformers class this tokenizer reproduces.
+    class: TokenizerClass,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -319,6 +415,7 @@ impl std::fmt::Debug for TextTokenizer {
             .field("vocab_size", &self.vocab_size())
             .field("clean_up_spaces", &self.clean_up_spaces)
             .field("special", &self.special)
+            .field("class", &self.class)
             .finish()
     }
 }
@@ -351,40 +448,73 @@ impl TextTokenizer {
             tok,
             clean_up_spaces: false,
             special: Vec::new(),
+            class: TokenizerClass::Backend,
         }
     }
 
-    /// From a HF model directory: `tokenizer.json`, set up with `tokenizer_config.json` the way
-    /// transformers' `AutoTokenizer` (fast backend) does. `Ok(None)` when there is no
-    /// tokenizer.json.
+    /// From a HF model directory, as transformers 5's `AutoTokenizer.from_pretrained(dir)`: the
+    /// tokenizer class it picks (from tokenizer_config.json's `tokenizer_class` and config.json's
+    /// `model_type`), that class's backend built from `tokenizer.json`, then tokenizer_config.json
+    /// applied. `Ok(None)` when there is no tokenizer.json.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Ok(None);
         }
-        let tok = Tokenizer::from_file(&path).map_err(|e| tok_err(path.display(), e))?;
-        let cfg = TokenizerConfig::from_model_dir(dir)?.unwrap_or_default();
-        Self::from_tokenizer_and_config(tok, &cfg)
+        let in_dir = |e: Error| match e {
+            Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", dir.display())),
+            e => e,
+        };
+        let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let raw = TokenizerConfig::read_model_dir(dir)?.unwrap_or_default();
+        let info = ModelDirInfo::from_model_dir(dir)?;
+        let class = classes::resolve_class(&info, &raw, &mut || json.contains("\"ByteLevel\""));
+        let cfg = raw.with_class_defaults(class);
+        // Legacy checkpoints (no added_tokens_decoder): added_tokens.json, then tokenizer.json's
+        // added tokens, stand in for it.
+        let decoder_tokens = if cfg.map.contains_key("added_tokens_decoder") {
+            cfg.added_tokens_decoder()?
+        } else {
+            legacy_added_tokens(dir, &json, &cfg)?
+        };
+        let tok = classes::build_backend(class, &json, &cfg).map_err(in_dir)?;
+        Self::setup(tok, &cfg, class, Some(&info), decoder_tokens)
             .map(Some)
-            .map_err(|e| match e {
-                Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", dir.display())),
-                e => e,
-            })
+            .map_err(in_dir)
     }
 
-    /// Applies a tokenizer config the way transformers 5's `TokenizersBackend.__init__` does:
-    /// re-adds the config's `added_tokens_decoder`, adds named/extra special tokens that are not
-    /// added tokens yet, honours `split_special_tokens`, and takes the decode clean-up flag.
-    /// `add_bos_token`/`add_eos_token` are ignored, as transformers ignores them when there is a
-    /// tokenizer.json: its post-processor decides what `encode` adds.
+    /// Applies a tokenizer config the way transformers 5's `TokenizersBackend.__init__` does to a
+    /// tokenizer.json loaded as it is: re-adds the config's `added_tokens_decoder`, adds
+    /// named/extra special tokens that are not added tokens yet, honours `split_special_tokens`,
+    /// and takes the decode clean-up flag. `add_bos_token`/`add_eos_token` are ignored, as
+    /// transformers ignores them when there is a tokenizer.json: its post-processor decides what
+    /// `encode` adds.
     pub fn from_tokenizer_and_config(tok: Tokenizer, cfg: &TokenizerConfig) -> Result<Self> {
-        let mut this = Self::from_tokenizer(tok);
-        let tok = &mut this.tok;
+        let decoder_tokens = cfg.added_tokens_decoder()?;
+        Self::setup(tok, cfg, TokenizerClass::Backend, None, decoder_tokens)
+    }
 
-        // Tokens from the config's added_tokens_decoder (all of them: transformers compares
-        // against the ids of its decoder, so none is ever found "already added").
-        let from_decoder = cfg.added_tokens_decoder()?;
-        let mut to_add: Vec<AddedToken> = from_decoder.iter().map(|(_, t)| t.clone()).collect();
+    /// `TokenizersBackend.__init__` (and the class's own steps after it) on the backend `tok` the
+    /// class built. `decoder_tokens`: the `added_tokens_decoder` transformers passes in.
+    fn setup(
+        tok: Tokenizer,
+        cfg: &TokenizerConfig,
+        class: TokenizerClass,
+        info: Option<&ModelDirInfo>,
+        decoder_tokens: Vec<(u32, AddedToken)>,
+    ) -> Result<Self> {
+        let mut this = Self::from_tokenizer(tok);
+        this.class = class;
+        let explicit = class.explicit_add_bos_eos();
+        let (add_bos, add_eos) = explicit.unwrap_or((false, false));
+        let update_post_processor = explicit.is_some() || this.tok.get_post_processor().is_none();
+        let tok = &mut this.tok;
+        tok.set_encode_special_tokens(cfg.get_bool("split_special_tokens").unwrap_or(false));
+
+        // Tokens from the added_tokens_decoder (all of them: transformers compares against the
+        // ids of its decoder, so none is ever found "already added"), then the named and extra
+        // special tokens that are not added tokens yet.
+        let mut to_add: Vec<AddedToken> = decoder_tokens.into_iter().map(|(_, t)| t).collect();
         let mut known: Vec<String> = tok
             .get_added_tokens_decoder()
             .values()
@@ -392,12 +522,8 @@ impl TextTokenizer {
             .collect();
         known.extend(to_add.iter().map(|t| t.content.clone()));
         let named = cfg.named_tokens();
-        for (_, t) in &named {
-            if !known.contains(&t.content) && !to_add.iter().any(|a| a.content == t.content) {
-                to_add.push(t.to_added(true));
-            }
-        }
-        for t in cfg.extra_token_list() {
+        let extra = cfg.extra_token_list();
+        for t in named.iter().map(|(_, t)| t).chain(extra.iter()) {
             if !known.contains(&t.content) && !to_add.iter().any(|a| a.content == t.content) {
                 to_add.push(t.to_added(true));
             }
@@ -405,8 +531,32 @@ impl TextTokenizer {
         if !to_add.is_empty() {
             tok.add_tokens(&to_add);
         }
-        if let Some(split) = cfg.get_bool("split_special_tokens") {
-            tok.set_encode_special_tokens(split);
+        if let Some(info) = info {
+            classes::patch_mistral_regex(tok, info, cfg)?;
+        }
+        let token_of = |name: &str| {
+            named
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.content.clone())
+        };
+        if update_post_processor {
+            let bos = token_of("bos_token").filter(|_| add_bos);
+            let eos = token_of("eos_token").filter(|_| add_eos);
+            let unk = token_of("unk_token");
+            let pp = template_processing(tok, bos.as_deref(), eos.as_deref(), unk.as_deref())?;
+            tok.with_post_processor(Some(pp));
+        }
+        if class == TokenizerClass::Qwen2 {
+            // Qwen2Tokenizer: `self.add_tokens([AddedToken(t, special=True) for t in
+            // self.all_special_tokens])`.
+            let mut all: Vec<AddedToken> = Vec::new();
+            for t in named.iter().map(|(_, t)| t).chain(extra.iter()) {
+                if !all.iter().any(|a| a.content == t.content) {
+                    all.push(AddedToken::from(t.content.clone(), true));
+                }
+            }
+            tok.add_tokens(&all);
         }
 
         let is_bpe = matches!(tok.get_model(), ModelWrapper::BPE(_));
@@ -425,6 +575,12 @@ impl TextTokenizer {
             })
             .collect();
         Ok(this)
+    }
+
+    /// The transformers class this tokenizer reproduces (`"LlamaTokenizer"`, `"Qwen2Tokenizer"`,
+    /// `"TokenizersBackend"`, ...).
+    pub fn tokenizer_class(&self) -> &'static str {
+        self.class.hf_name()
     }
 
     /// Sets (or clears) a named special token (`"bos_token"`, `"eos_token"`, ...), e.g. from GGUF
@@ -449,7 +605,8 @@ impl TextTokenizer {
             .special_token("eos_token")
             .filter(|_| add_eos)
             .map(str::to_string);
-        let pp = template_processing(&self.tok, bos.as_deref(), eos.as_deref())?;
+        let unk = self.special_token("unk_token").map(str::to_string);
+        let pp = template_processing(&self.tok, bos.as_deref(), eos.as_deref(), unk.as_deref())?;
         self.tok.with_post_processor(Some(pp));
         Ok(())
     }
@@ -539,19 +696,24 @@ impl TextTokenizer {
     }
 }
 
-/// HF's `update_post_processor`: `[bos] $A [eos]` (pair: `[bos] $A [eos] [bos] $B [eos]`).
+/// HF's `update_post_processor`: `[bos] $A [eos]` (pair: `[bos] $A [eos] [bos] $B [eos]`). A token
+/// not in the vocabulary takes the unk token's id, as `convert_tokens_to_ids` gives it.
 fn template_processing(
     tok: &Tokenizer,
     bos: Option<&str>,
     eos: Option<&str>,
+    unk: Option<&str>,
 ) -> Result<TemplateProcessing> {
     let mut specials: Vec<(String, u32)> = Vec::new();
     for t in [bos, eos].into_iter().flatten() {
-        let id = tok.token_to_id(t).ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "special token {t:?} (add_bos_token/add_eos_token) is not in the vocabulary"
-            ))
-        })?;
+        let id = tok
+            .token_to_id(t)
+            .or_else(|| unk.and_then(|u| tok.token_to_id(u)))
+            .ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "special token {t:?} (add_bos_token/add_eos_token) is not in the vocabulary"
+                ))
+            })?;
         specials.push((t.to_string(), id));
     }
     let e = |seq: u8| eos.map(|t| format!(" {t}:{seq}")).unwrap_or_default();
