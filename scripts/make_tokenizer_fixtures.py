@@ -71,6 +71,18 @@ STYLES = {
 
 _TRAINED = {}
 
+# Chat templates (small transcriptions of the Llama-2 and ChatML ones); they use the named special
+# tokens, so a class default (e.g. CodeLlamaTokenizer's bos_token) shows in the rendered text.
+TEMPLATES = {
+    "llama2": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+               "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}"
+               "{% endif %}{% endfor %}"),
+    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+               "{{ eos_token if false else '' }}"),
+}
+CHAT_PROMPT = " Hello  world\nsecond line: 1234 café"
+
 
 def train(style):
     if style in _TRAINED:
@@ -128,6 +140,8 @@ def added_token_json(t):
 #   post:  "bos" (TemplateProcessing adding BOS), "none" (no post-processor), default: ByteLevel for
 #          byte-level styles, none otherwise
 #   cfg:   extra tokenizer_config.json entries; tokens: bos/eos/unk/pad tokens of the config
+#   chat:  a chat template (TEMPLATES) put in tokenizer_config.json; golden.json then has the ids of
+#          apply_chat_template([user: CHAT_PROMPT], add_generation_prompt=True)
 #   legacy_files: no added_tokens_decoder in tokenizer_config.json, tokens in special_tokens_map.json
 FIXTURES = [
     # Llama-3 style: LlamaTokenizerFast on a ByteLevel tokenizer.json -> TokenizersBackend.
@@ -139,11 +153,11 @@ FIXTURES = [
     dict(name="qwen2_llamafast", style="llama3", model_type="qwen2", cls="LlamaTokenizerFast", post="bos",
          tokens=dict(bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<|end_of_text|>"),
          cfg=dict(add_bos_token=True, add_eos_token=False, legacy=True)),
-    dict(name="qwen2_tb", style="qwen", model_type="qwen2", cls="TokenizersBackend",
+    dict(chat="chatml", name="qwen2_tb", style="qwen", model_type="qwen2", cls="TokenizersBackend",
          tokens=dict(eos="<|im_end|>", pad="<|endoftext|>"), cfg=dict(split_special_tokens=False)),
     dict(name="qwen3_tb", style="qwen", model_type="qwen3", cls="TokenizersBackend",
          tokens=dict(eos="<|im_end|>", pad="<|endoftext|>")),
-    dict(name="qwen3_qwen2fast", style="qwen", model_type="qwen3", cls="Qwen2TokenizerFast",
+    dict(chat="chatml", name="qwen3_qwen2fast", style="qwen", model_type="qwen3", cls="Qwen2TokenizerFast",
          tokens=dict(eos="<|im_end|>", pad="<|endoftext|>", bos=None),
          cfg=dict(errors="replace", additional_special_tokens=["<|im_start|>", "<|im_end|>"])),
     dict(name="qwen3_qwen2_prefix", style="llama3", model_type="qwen3", cls="Qwen2Tokenizer",
@@ -154,15 +168,15 @@ FIXTURES = [
     dict(name="llama_qwen2tok", style="gpt2", model_type="llama", cls="Qwen2Tokenizer",
          tokens=dict(eos="<|im_end|>", pad="<|endoftext|>")),
     # SmolLM-style: GPT2Tokenizer on a Llama config.
-    dict(name="llama_gpt2", style="gpt2", model_type="llama", cls="GPT2Tokenizer",
+    dict(chat="chatml", name="llama_gpt2", style="gpt2", model_type="llama", cls="GPT2Tokenizer",
          tokens=dict(bos="<|im_start|>", eos="<|im_end|>", unk="<|endoftext|>", pad="<|im_end|>")),
     dict(name="llama_gpt2fast_prefix", style="gpt2", model_type="llama", cls="GPT2TokenizerFast",
          tokens=dict(bos="<|endoftext|>", eos="<|endoftext|>", unk="<|endoftext|>"),
          cfg=dict(add_prefix_space=True, add_bos_token=True)),
     # Llama-2 style tokenizer.json (legacy normalizer form) with LlamaTokenizer(Fast).
-    dict(name="llama2_llamafast", style="llama2", model_type="llama", cls="LlamaTokenizerFast", post="bos",
+    dict(chat="llama2", name="llama2_llamafast", style="llama2", model_type="llama", cls="LlamaTokenizerFast", post="bos",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>"), cfg=dict(add_bos_token=True, add_eos_token=False)),
-    dict(name="llama2_legacy_true", style="llama2", model_type="llama", cls="LlamaTokenizer", post="bos",
+    dict(chat="llama2", name="llama2_legacy_true", style="llama2", model_type="llama", cls="LlamaTokenizer", post="bos",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>"), cfg=dict(legacy=True)),
     dict(name="llama2_legacy_false", style="llama2", model_type="llama", cls="LlamaTokenizer", post="bos",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>", pad="</s>"), cfg=dict(legacy=False, add_eos_token=True)),
@@ -178,9 +192,9 @@ FIXTURES = [
     # Metaspace tokenizer.json with LlamaTokenizer on a Llama config.
     dict(name="llama_metaspace_llama", style="metaspace", model_type="llama", cls="LlamaTokenizerFast", post="bos",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>"), cfg=dict(legacy=True, add_prefix_space=None)),
-    dict(name="llama_codellama", style="metaspace", model_type="llama", cls="CodeLlamaTokenizer", post="none",
+    dict(chat="llama2", name="llama_codellama", style="metaspace", model_type="llama", cls="CodeLlamaTokenizer", post="none",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>")),
-    dict(name="llama_gemma", style="metaspace", model_type="llama", cls="GemmaTokenizerFast", post="bos",
+    dict(chat="llama2", name="llama_gemma", style="metaspace", model_type="llama", cls="GemmaTokenizerFast", post="bos",
          tokens=dict(bos="<s>", eos="</s>", unk="<unk>", pad="</s>", mask=None)),
     # Classes transformers does not know, or knows as the plain backend.
     dict(name="llama_unknown_class", style="metaspace", model_type="llama", cls="FancyTokenizer", post="bos",
@@ -267,6 +281,8 @@ def make(fx):
     for k, v in fx.get("cfg", {}).items():
         if k not in cfg:
             cfg[k] = v
+    if fx.get("chat"):
+        cfg["chat_template"] = TEMPLATES[fx["chat"]]
     if fx["cls"] is not None:
         cfg["tokenizer_class"] = fx["cls"]
     if fx.get("legacy_files"):
@@ -291,6 +307,12 @@ def make(fx):
         special_tokens={k: [v, hf.convert_tokens_to_ids(v)] for k, v in hf.special_tokens_map.items()},
         cases=cases,
     )
+    if fx.get("chat"):
+        msgs = [{"role": "user", "content": CHAT_PROMPT}]
+        out = hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        golden["chat"] = dict(prompt=CHAT_PROMPT,
+                              text=hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+                              ids=list(out["input_ids"] if not isinstance(out, list) else out))
     write_json(os.path.join(d, "golden.json"), golden)
     if os.environ.get("DUMP_BACKEND"):
         b = json.loads(hf.backend_tokenizer.to_str())

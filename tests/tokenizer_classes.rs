@@ -2,9 +2,11 @@
 //! (written by scripts/make_tokenizer_fixtures.py) is loaded with `TextTokenizer::from_model_dir`
 //! and must give the class `AutoTokenizer` picked, `len(tokenizer)`, the special tokens and their
 //! ids, and for each golden string the ids of `tokenizer(text)` with and without special tokens and
-//! `decode` of them, exactly as golden.json records.
+//! `decode` of them, exactly as golden.json records; where golden.json has a `chat` entry, also
+//! `apply_chat_template([user: prompt], add_generation_prompt=True)` (text and ids).
 use std::path::{Path, PathBuf};
 
+use rear::model::chat::{build_contexts, ChatTemplate, PreferenceIn};
 use rear::model::tokenizer::{TextTokenizer, TokenizerConfig};
 use serde_json::Value;
 
@@ -81,6 +83,30 @@ fn tokenizer_classes_match_transformers() {
             fail(format!(
                 "config special tokens {cfg_map:?} != {want_sorted:?}"
             ));
+        }
+        if let Some(chat) = golden.get("chat") {
+            let template = ChatTemplate::from_model_dir(&dir)
+                .unwrap()
+                .expect("a chat template");
+            let prompt = chat["prompt"].as_str().unwrap();
+            match build_contexts(
+                &tok,
+                Some(&template),
+                prompt,
+                None,
+                PreferenceIn::System,
+                false,
+            ) {
+                Ok(c) => {
+                    if c.pref_text != chat["text"].as_str().unwrap() {
+                        fail(format!("chat text {:?} != {}", c.pref_text, chat["text"]));
+                    }
+                    if c.pref_ids != ids(&chat["ids"]) {
+                        fail(format!("chat ids {:?} != {}", c.pref_ids, chat["ids"]));
+                    }
+                }
+                Err(e) => fail(format!("chat: {e}")),
+            }
         }
         for case in golden["cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
