@@ -1478,6 +1478,10 @@ def main_gguf(argv):
 #   tests/fixtures/gguf/tiny_tok_spm_mistral.gguf, tiny_tok_spm_mistral_golden.json   the same
 #       vocabulary, metadata only: no add_bos_token key (transformers then adds BOS), add_eos true,
 #       no unknown/padding ids, a Mistral-style [INST] template that writes bos_token itself
+#   tests/fixtures/gguf/tiny_tok_spm_renamed.gguf, tiny_tok_spm_renamed_golden.json   the same
+#       vocabulary with <unk> <s> </s> renamed, merges given in the file, add_bos false, add_eos true
+#   tests/fixtures/gguf/tiny_tok_gpt2_noeot.gguf, tiny_tok_gpt2_noeot_golden.json   the shared
+#       byte-level BPE tokenizer without <|endoftext|> (which transformers then appends)
 # Goldens: transformers' AutoTokenizer.from_pretrained(dir, gguf_file=...) on each file: encode (with
 # and without special tokens), decode, chat template text and ids, the tokenizer class, named
 # special tokens, and the backend tokenizer's components (for reference when something differs).
@@ -1644,20 +1648,85 @@ def write_spm_mistral_tok_gguf(vocab):
     return path
 
 
+def write_spm_renamed_tok_gguf(vocab):
+    """Special tokens not named <unk> <s> </s> (transformers then appends those three as special
+    added tokens), merges given in the file (in the reverse of the order the scores imply, so that
+    using the scores instead shows), add_bos false, add_eos true."""
+    import gguf
+
+    tokens, scores, types = vocab
+    renamed = {"<unk>": "<UNK>", "<s>": "<|begin_of_text|>", "</s>": "<|end_of_text|>"}
+    tokens = [renamed.get(t, t) for t in tokens]
+    from transformers.tokenization_utils_base import generate_merges
+
+    merges = generate_merges({t: i for i, t in enumerate(tokens)}, dict(zip(tokens, scores)))
+    path = os.path.join(GGUF_DIR, "tiny_tok_spm_renamed.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny sentencepiece tokenizer, renamed specials, merges given")
+    gguf_spm_tokenizer_kv(w, (tokens, scores, types), "<|begin_of_text|>", "<|end_of_text|>", "<UNK>",
+                          "<|user|>", False, True, ZEPHYR_TEMPLATE)
+    w.add_array("tokenizer.ggml.merges", [" ".join(m) for m in merges[::-1]])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_gpt2_noeot_tok_gguf():
+    """The shared byte-level BPE tokenizer with <|endoftext|> renamed: transformers' inner
+    GPT2Tokenizer then appends <|endoftext|> as a special added token (id = vocabulary size)."""
+    import gguf
+
+    global TOK
+    if TOK is None:
+        TOK = train_base_tokenizer()
+    path = os.path.join(GGUF_DIR, "tiny_tok_gpt2_noeot.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny byte-level tokenizer without <|endoftext|>")
+    vocab = TOK.get_vocab()
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = "<|eot|>" if t == "<|endoftext|>" else t
+    merges = json.loads(TOK.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    specials = set(TRAINED_SPECIALS + ADDED_SPECIALS) | {"<|eot|>"}
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "llama-bpe")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.token_type", [3 if t in specials else 1 for t in tokens])
+    w.add_array("tokenizer.ggml.merges", merges)
+    w.add_uint32("tokenizer.ggml.bos_token_id", vocab["<|begin_of_text|>"])
+    w.add_uint32("tokenizer.ggml.eos_token_id", vocab["<|eot_id|>"])
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_string("tokenizer.chat_template", LLAMA3_TEMPLATE)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+SPM_EXTRA_TEXTS = ["<|endoftext|> and <|eot|>", "<|begin_of_text|>x<|end_of_text|> <UNK>", "Ġthe Ċ"]
+
+
 def spm_golden(path, tok):
     """Everything the Rust side compares, from transformers' tokenizer for one GGUF file."""
     encode = [{"text": t, "add_special_tokens": f, "ids": tok(t, add_special_tokens=f)["input_ids"]}
-              for t in SPM_ENCODE_TEXTS for f in (True, False)]
+              for t in SPM_ENCODE_TEXTS + SPM_EXTRA_TEXTS for f in (True, False)]
     decode = []
+    vocab = tok.get_vocab()
     samples = [
         tok("<|assistant|>\nArr, Paris it be! 🦜</s>", add_special_tokens=True)["input_ids"],
         tok("  two leading spaces and é", add_special_tokens=False)["input_ids"],
         tok("<|im_start|>user<|im_end|>", add_special_tokens=False)["input_ids"],
-        [tok.convert_tokens_to_ids("he"), tok.convert_tokens_to_ids("\u2581the")],
-        [tok.convert_tokens_to_ids("<0xF0>"), tok.convert_tokens_to_ids("<0x9F>"), tok.convert_tokens_to_ids("<0x41>")],
-        [tok.convert_tokens_to_ids("<0xC3>"), tok.convert_tokens_to_ids("<0xA9>"), tok.convert_tokens_to_ids("\u2581a")],
+        [vocab.get(t) for t in ("he", "\u2581the")],
+        [vocab.get(t) for t in ("<0xF0>", "<0x9F>", "<0x41>")],
+        [vocab.get(t) for t in ("<0xC3>", "<0xA9>", "\u2581a")],
     ]
     for ids in samples:
+        if None in ids:  # a vocabulary without these pieces (byte-level)
+            continue
         for s in (True, False):
             decode.append({"ids": ids, "skip_special_tokens": s, "text": tok.decode(ids, skip_special_tokens=s)})
     chat = []
@@ -1698,7 +1767,9 @@ def spm_golden(path, tok):
 def make_spm_goldens():
     os.makedirs(GGUF_DIR, exist_ok=True)
     vocab = spm_vocab(train_spm())
-    for path in (write_spm_llama_gguf(vocab), write_spm_mistral_tok_gguf(vocab)):
+    paths = [write_spm_llama_gguf(vocab), write_spm_mistral_tok_gguf(vocab),
+             write_spm_renamed_tok_gguf(vocab), write_gpt2_noeot_tok_gguf()]
+    for path in paths:
         _, tok = load_gguf_hf(path, model=False)
         golden = spm_golden(path, tok)
         write_golden(path[: -len(".gguf")] + "_golden.json", golden)

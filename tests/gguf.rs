@@ -913,6 +913,19 @@ fn sentencepiece_gguf_defaults_match_transformers() {
 }
 
 #[test]
+fn sentencepiece_gguf_renamed_specials_and_given_merges_match_transformers() {
+    // <unk> <s> </s> absent: transformers appends them as special added tokens (ids 640..642);
+    // the file's merges (reversed score order) are used as given; add_bos false, add_eos true.
+    check_spm("tiny_tok_spm_renamed");
+}
+
+#[test]
+fn byte_level_gguf_without_endoftext_matches_transformers() {
+    // transformers' inner GPT2Tokenizer appends its default special token <|endoftext|>.
+    check_spm("tiny_tok_gpt2_noeot");
+}
+
+#[test]
 fn sentencepiece_gguf_model_loads_and_builds_chat_contexts() {
     let path = fixture("gguf/tiny_spm.gguf");
     let g = json(&fixture("gguf/tiny_spm_golden.json"));
