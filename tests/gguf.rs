@@ -1081,3 +1081,42 @@ fn unsupported_tokenizer_kind_loads_for_token_ids_and_names_itself_on_text() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn malformed_sentencepiece_metadata_is_a_clear_error() {
+    let good = std::fs::read(fixture("gguf/tiny_tok_spm_mistral.gguf")).unwrap();
+    let dir = temp_dir("spm_bad");
+    let tokenizer_error = |name: &str, b: &[u8]| -> String {
+        let path = dir.join(format!("{name}.gguf"));
+        let g = GgufFile::from_bytes(&path, b.to_vec()).unwrap();
+        let e = rear::model::gguf::tokenizer_from_gguf(&g)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: loaded"))
+            .to_string();
+        assert!(
+            e.contains(&format!("{name}.gguf")) && !e.contains('\n'),
+            "{e}"
+        );
+        e
+    };
+    // No merges and no scores: nothing to recover the merges from.
+    let mut b = good.clone();
+    let p = find_bytes(&good, b"tokenizer.ggml.scores");
+    b[p + 20] = b'X';
+    let e = tokenizer_error("no_scores", &b);
+    assert!(e.contains("`tokenizer.ggml.scores` is missing"), "{e}");
+    // Scores of the wrong element type (the token types' integers are fine; strings are not).
+    let mut b = good.clone();
+    let p = find_key_value(&good, "tokenizer.ggml.scores");
+    assert_eq!(u32_at(&good, p), 6, "f32 elements");
+    put_u32(&mut b, p, 8);
+    let path = dir.join("scores_strings.gguf");
+    // Reinterpreting f32s as strings makes the file itself unreadable or the key a string array.
+    if let Ok(g) = GgufFile::from_bytes(&path, b) {
+        let e = rear::model::gguf::tokenizer_from_gguf(&g)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokenizer.ggml.scores"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
