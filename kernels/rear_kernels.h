@@ -163,7 +163,7 @@ typedef struct RearSampleParams {
 /* Per response row input of rear_sample. */
 typedef struct RearSampleRow {
     float cum_score;          /* S(prefix), added to every candidate in TOPK mode */
-    unsigned int pad;
+    unsigned int group;       /* its logits: rows [group*contexts, (group+1)*contexts) */
     unsigned long long stream; /* Philox stream (the hypothesis's) */
     unsigned long long step;   /* Philox step (tokens generated so far) */
 } RearSampleRow;

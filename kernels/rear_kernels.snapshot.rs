@@ -269,7 +269,7 @@ const _: () = {
 #[derive(Debug, Default, Copy, Clone)]
 pub struct RearSampleRow {
     pub cum_score: f32,
-    pub pad: ::core::ffi::c_uint,
+    pub group: ::core::ffi::c_uint,
     pub stream: ::core::ffi::c_ulonglong,
     pub step: ::core::ffi::c_ulonglong,
 }
@@ -279,7 +279,8 @@ const _: () = {
     ["Alignment of RearSampleRow"][::core::mem::align_of::<RearSampleRow>() - 8usize];
     ["Offset of field: RearSampleRow::cum_score"]
         [::core::mem::offset_of!(RearSampleRow, cum_score) - 0usize];
-    ["Offset of field: RearSampleRow::pad"][::core::mem::offset_of!(RearSampleRow, pad) - 4usize];
+    ["Offset of field: RearSampleRow::group"]
+        [::core::mem::offset_of!(RearSampleRow, group) - 4usize];
     ["Offset of field: RearSampleRow::stream"]
         [::core::mem::offset_of!(RearSampleRow, stream) - 8usize];
     ["Offset of field: RearSampleRow::step"]

@@ -1,5 +1,6 @@
 // rear_sample: REAR scoring fused with the choice of the next tokens. One block per response row
-// (hypothesis), whose K context rows of logits are consecutive.
+// (hypothesis); its K context rows of logits are consecutive, at row group `group` (several
+// response rows may read one group: the first draws of forked hypotheses).
 //
 //   lp_k(v) = (x_k(v) - max_k) - log(sum_v exp(x_k(v) - max_k))      (src/rear.rs log_softmax)
 //   s(v)    = Mixture::token_score(lp_0(v) .. lp_{K-1}(v))          (same operation order, no FMA)
@@ -183,11 +184,11 @@ rear_sample_f32(RearSampleParams p, const float* logits, const RearSampleRow* ro
     const u32 row = blockIdx.x, tid = threadIdx.x;
     if (row >= p.rows) return;
     const u32 V = p.vocab;
+    const RearSampleRow in = rows[row];
     Rows R;
-    R.lg = logits + (u64)row * p.contexts * V;
+    R.lg = logits + (u64)in.group * p.contexts * V;
     R.vocab = V;
     R.k = min(p.contexts, (u32)MAXC);
-    const RearSampleRow in = rows[row];
 
     // Log-softmax constants of every context row.
     for (u32 k = 0; k < R.k; k++) {

@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 use crate::kv::{BlockPool, BlockTable};
 use crate::model::config::ModelConfig;
 use crate::model::weights::ModelWeights;
+use crate::rear::log_softmax_rows;
+use crate::search::pick::{rear_sample, Choice, PickRequest, PickScratch};
 
 /// Handle of one sequence (one context of one hypothesis) in the engine's cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +34,16 @@ pub trait StepApi {
     /// Appends each item's tokens to its sequence, all in one forward pass, and writes the
     /// requested logits into `logits` (`[rows, vocab]`, items in order).
     fn extend(&mut self, items: &[Extend<'_>], logits: &mut Vec<f32>) -> Result<()>;
+    /// Appends like `extend` (one logits row per item: `all_logits` must be false), then answers
+    /// each pick `(first, n, request)` over rows `first..first + n` where the logits are (on the
+    /// device when the backend can: only the choices come back). `out[i]` holds pick `i`'s
+    /// choices.
+    fn extend_pick(
+        &mut self,
+        items: &[Extend<'_>],
+        picks: &[(usize, usize, &PickRequest)],
+        out: &mut Vec<Vec<Choice>>,
+    ) -> Result<()>;
     /// KV blocks currently held (0 once every sequence is freed).
     fn used_blocks(&self) -> usize;
     /// Forward passes run so far.
@@ -69,6 +81,9 @@ pub struct Engine<B: Backend> {
     layout: StepLayout,
     copies: Vec<(u32, u32)>,
     passes: u64,
+    /// Host logits of `extend_pick` when the backend picks on the host.
+    pick_logits: Vec<f32>,
+    pick_scratch: PickScratch,
 }
 
 impl<B: Backend> Engine<B> {
@@ -101,6 +116,8 @@ impl<B: Backend> Engine<B> {
             layout: StepLayout::default(),
             copies: Vec::new(),
             passes: 0,
+            pick_logits: Vec::new(),
+            pick_scratch: PickScratch::default(),
         })
     }
 
@@ -160,37 +177,9 @@ impl<B: Backend> Engine<B> {
             .reserve_blocks(&mut self.kv, self.pool.capacity_used())?;
         self.backend.copy_blocks(&mut self.kv, &self.copies)
     }
-}
 
-impl<B: Backend> StepApi for Engine<B> {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn new_seq(&mut self) -> SeqId {
-        self.insert(BlockTable::default())
-    }
-
-    fn fork(&mut self, s: SeqId) -> SeqId {
-        let t = self.seqs[s.0 as usize]
-            .as_ref()
-            .expect("sequence used after free");
-        let t = self.pool.fork(t);
-        self.insert(t)
-    }
-
-    fn free(&mut self, s: SeqId) {
-        if let Some(mut t) = self.seqs[s.0 as usize].take() {
-            self.pool.release(&mut t);
-            self.free_ids.push(s.0);
-        }
-    }
-
-    fn seq_len(&self, s: SeqId) -> usize {
-        self.table(s).len
-    }
-
-    fn extend(&mut self, items: &[Extend<'_>], logits: &mut Vec<f32>) -> Result<()> {
+    /// `extend` with the logits copied to `logits` or left on the device (`None`).
+    fn extend_to(&mut self, items: &[Extend<'_>], logits: Option<&mut Vec<f32>>) -> Result<()> {
         let vocab = self.cfg.vocab_size as u32;
         for it in items {
             if it.tokens.is_empty() {
@@ -241,6 +230,84 @@ impl<B: Backend> StepApi for Engine<B> {
         );
         self.layout = layout;
         self.passes += 1;
+        r
+    }
+}
+
+impl<B: Backend> StepApi for Engine<B> {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn new_seq(&mut self) -> SeqId {
+        self.insert(BlockTable::default())
+    }
+
+    fn fork(&mut self, s: SeqId) -> SeqId {
+        let t = self.seqs[s.0 as usize]
+            .as_ref()
+            .expect("sequence used after free");
+        let t = self.pool.fork(t);
+        self.insert(t)
+    }
+
+    fn free(&mut self, s: SeqId) {
+        if let Some(mut t) = self.seqs[s.0 as usize].take() {
+            self.pool.release(&mut t);
+            self.free_ids.push(s.0);
+        }
+    }
+
+    fn seq_len(&self, s: SeqId) -> usize {
+        self.table(s).len
+    }
+
+    fn extend(&mut self, items: &[Extend<'_>], logits: &mut Vec<f32>) -> Result<()> {
+        self.extend_to(items, Some(logits))
+    }
+
+    fn extend_pick(
+        &mut self,
+        items: &[Extend<'_>],
+        picks: &[(usize, usize, &PickRequest)],
+        out: &mut Vec<Vec<Choice>>,
+    ) -> Result<()> {
+        if items.iter().any(|it| it.all_logits) {
+            return Err(Error::Input(
+                "extend_pick takes one logits row per sequence".into(),
+            ));
+        }
+        if let Some(&(first, n, _)) = picks.iter().find(|p| p.0 + p.1 > items.len()) {
+            return Err(Error::Input(format!(
+                "a pick over rows {first}..{} of a step of {} rows",
+                first + n,
+                items.len()
+            )));
+        }
+        out.clear();
+        if self.backend.device_pick() {
+            self.extend_to(items, None)?;
+            for &(first, n, req) in picks {
+                out.push(self.backend.pick(first, n, req)?);
+            }
+            return Ok(());
+        }
+        let mut logits = std::mem::take(&mut self.pick_logits);
+        let r = self.extend_to(items, Some(&mut logits));
+        let vocab = self.cfg.vocab_size;
+        let r = r.and_then(|()| {
+            log_softmax_rows(&mut logits, vocab);
+            let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+            for &(first, n, req) in picks {
+                out.push(rear_sample(
+                    &rows[first..first + n],
+                    req,
+                    &mut self.pick_scratch,
+                )?);
+            }
+            Ok(())
+        });
+        self.pick_logits = logits;
         r
     }
 

@@ -16,7 +16,7 @@
 //! `REAR_BENCH_PROMPT` (default 64) tokens; the copy bandwidth is measured over 20 copies of
 //! `REAR_BENCH_COPY_MIB` (default 1024) MiB.
 use rear::backend::cuda::{
-    cuda_available, CudaBackend, CudaWeights, RowState, SampleMode, SampleSpec,
+    cuda_available, CudaBackend, CudaWeights, PickMode, PickRequest, PickSpec, RowState,
 };
 use rear::backend::{Backend, Norm, SeqBlocks, StepLayout};
 use rear::engine::{Engine, EngineOptions, Extend, StepApi};
@@ -100,16 +100,23 @@ fn device_steps(
         (guided, rows / 2)
     };
     let mode = if rows > 2 {
-        SampleMode::TopK(rows.min(64))
+        PickMode::TopK(rows.min(64))
     } else {
-        SampleMode::Argmax
+        PickMode::Argmax
     };
-    let states = vec![RowState::default(); hyps];
-    let spec = SampleSpec {
-        mixture: &mix,
-        mode,
-        seed: 0,
-        from_context0: false,
+    let req = PickRequest {
+        spec: PickSpec {
+            mixture: mix,
+            mode,
+            seed: 0,
+            from_context0: false,
+        },
+        rows: (0..hyps)
+            .map(|group| RowState {
+                group,
+                ..Default::default()
+            })
+            .collect(),
     };
     let mut t0 = Instant::now();
     for s in 0..warm + steps {
@@ -130,7 +137,7 @@ fn device_steps(
             layout.logit_rows.push(r as u32);
         }
         run(&layout, &mut kv);
-        b.rear_sample(&states, &spec).unwrap();
+        b.rear_sample(0, rows, &req).unwrap();
     }
     b.synchronize().unwrap();
     t0.elapsed().as_secs_f64() * 1e3 / steps as f64

@@ -6,7 +6,7 @@
 //! Tolerances (issue 5): f32-stored models give the CPU's tokens exactly and log-probs within
 //! 1e-4; bf16/f16-stored models log-probs within 2e-3.
 use rear::backend::cpu::CpuBackend;
-use rear::backend::cuda::{cuda_available, CudaBackend, RowState, SampleMode, SampleSpec};
+use rear::backend::cuda::{cuda_available, CudaBackend, PickMode, PickRequest, PickSpec, RowState};
 use rear::backend::{Backend, Scratch, SeqBlocks, StepLayout};
 use rear::engine::{Engine, EngineOptions, Extend, SeqId, StepApi};
 use rear::model::Model;
@@ -385,18 +385,22 @@ fn fused_rear_sample_matches_the_host_path_on_model_logits() {
         rear::backend::forward(&b, cfg, &w, &layout, &mut kv, &mut scratch, &mut logits).unwrap();
         let vocab = cfg.vocab_size;
         let mix = Mixture::Guided { lambdas: vec![3.0] };
-        let state = [RowState {
+        let state = vec![RowState {
+            group: 0,
             cum_score: -1.5,
             stream: 2,
             step: 0,
         }];
-        let spec = SampleSpec {
-            mixture: &mix,
-            mode: SampleMode::Argmax,
-            seed: 9,
-            from_context0: false,
+        let mut req = PickRequest {
+            spec: PickSpec {
+                mixture: mix.clone(),
+                mode: PickMode::Argmax,
+                seed: 9,
+                from_context0: false,
+            },
+            rows: state,
         };
-        let got = b.rear_sample(&state, &spec).unwrap();
+        let got = b.rear_sample(0, 2, &req).unwrap();
         let mut lp = logits.clone();
         log_softmax_rows(&mut lp, vocab);
         let mut s = Vec::new();
@@ -406,11 +410,8 @@ fn fused_rear_sample_matches_the_host_path_on_model_logits() {
         assert!((got[0].logprobs[0] - lp[want as usize]).abs() <= 1e-5);
         assert!((got[0].logprobs[1] - lp[vocab + want as usize]).abs() <= 1e-5);
         assert!((got[0].total - (-1.5 + s[want as usize])).abs() <= 1e-4);
-        let spec = SampleSpec {
-            mode: SampleMode::TopK(4),
-            ..spec
-        };
-        let top = b.rear_sample(&state, &spec).unwrap();
+        req.spec.mode = PickMode::TopK(4);
+        let top = b.rear_sample(0, 2, &req).unwrap();
         let mut order: Vec<u32> = (0..vocab as u32).collect();
         order.sort_by(|&a, &c| s[c as usize].total_cmp(&s[a as usize]).then(a.cmp(&c)));
         assert_eq!(

@@ -7,13 +7,13 @@
 //! `LD_LIBRARY_PATH=target/rear-emu cargo test --test cuda_kernels`.
 use rear::backend::cpu::ops::{self, AttnDims};
 use rear::backend::cuda::{
-    cuda_available, CudaBackend, MatmulPath, RowState, SampleMode, SampleSpec,
+    cuda_available, Choice, CudaBackend, MatmulPath, PickMode, PickRequest, PickSpec, RowState,
 };
 use rear::backend::{SeqBlocks, StepLayout};
 use rear::model::tensor::{DType, HostTensor};
 use rear::model::weights::Linear;
-use rear::rear::{argmax, log_softmax, Mixture};
-use rear::search::sampler::{sample, uniform};
+use rear::rear::{log_softmax_rows, Mixture};
+use rear::search::pick::{self, PickScratch};
 use rear::search::SampleParams;
 use std::io::Write;
 
@@ -453,26 +453,36 @@ fn attention_matches_cpu() {
     }
 }
 
-/// The CPU side of rear_sample: log-softmax of each context row, the REAR combination.
-fn cpu_scores(
-    logits: &[f32],
-    k: usize,
-    vocab: usize,
-    row: usize,
-    mix: &Mixture,
-) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let lps: Vec<Vec<f32>> = (0..k)
-        .map(|c| {
-            let x = &logits[(row * k + c) * vocab..][..vocab];
-            let mut o = vec![0f32; vocab];
-            log_softmax(x, &mut o);
-            o
-        })
-        .collect();
-    let refs: Vec<&[f32]> = lps.iter().map(|v| &v[..]).collect();
-    let mut s = Vec::new();
-    mix.combine(&refs, &mut s);
-    (lps, s)
+/// The CPU side of rear_sample (`search::pick::rear_sample`) over the host log-softmax of `logits`.
+fn cpu_pick(logits: &[f32], vocab: usize, req: &PickRequest) -> Vec<Choice> {
+    let mut lps = logits.to_vec();
+    log_softmax_rows(&mut lps, vocab);
+    let rows: Vec<&[f32]> = lps.chunks(vocab).collect();
+    pick::rear_sample(&rows, req, &mut PickScratch::default()).unwrap()
+}
+
+/// Same tokens in the same order; scores, totals and log-probs within `tol`.
+fn assert_same_choices(got: &[Choice], want: &[Choice], tol: f32, what: &str) {
+    let ids = |c: &[Choice]| c.iter().map(|c| (c.row, c.token)).collect::<Vec<_>>();
+    assert_eq!(ids(got), ids(want), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        let close = |a: f32, b: f32| (a - b).abs() <= tol * (1.0 + b.abs()) || a == b;
+        assert!(
+            close(g.score, w.score),
+            "{what}: score {} vs {}",
+            g.score,
+            w.score
+        );
+        assert!(
+            close(g.total, w.total),
+            "{what}: total {} vs {}",
+            g.total,
+            w.total
+        );
+        for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+            assert!(close(*a, *b), "{what}: logprob {a} vs {b}");
+        }
+    }
 }
 
 fn mixtures() -> Vec<Mixture> {
@@ -499,69 +509,45 @@ fn rear_sample_argmax_and_topk_match_cpu() {
     for &vocab in &[2usize, 449, 1000, 3001] {
         for mix in mixtures() {
             let k = mix.contexts();
-            let rows = 3;
-            let mut logits = rng.vec(rows * k * vocab, 8.0);
+            let groups = 3;
+            let mut logits = rng.vec(groups * k * vocab, 8.0);
             // Ties and masked tokens: the lower id must win ties; -inf never wins.
             if vocab > 10 {
-                for r in 0..rows * k {
+                for r in 0..groups * k {
                     logits[r * vocab + 7] = f32::NEG_INFINITY;
                 }
                 logits[3] = 100.0;
                 logits[5] = 100.0;
             }
-            let states: Vec<RowState> = (0..rows)
-                .map(|i| RowState {
+            // Four response rows over three groups: rows 0 and 3 read group 2.
+            let states: Vec<RowState> = [2usize, 0, 1, 2]
+                .iter()
+                .enumerate()
+                .map(|(i, &group)| RowState {
+                    group,
                     cum_score: -(i as f32) * 0.37,
                     stream: i as u64,
                     step: 3,
                 })
                 .collect();
-            let spec = SampleSpec {
-                mixture: &mix,
-                mode: SampleMode::Argmax,
-                seed: 1,
-                from_context0: false,
-            };
-            let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
-            assert_eq!(got.len(), rows);
-            for (r, c) in got.iter().enumerate() {
-                let (lps, s) = cpu_scores(&logits, k, vocab, r, &mix);
-                let t = argmax(&s) as u32;
-                assert_eq!(c.token, t, "argmax {mix:?} vocab {vocab} row {r}");
-                assert!(
-                    (c.score - s[t as usize]).abs() <= 1e-5,
-                    "score {} vs {}",
-                    c.score,
-                    s[t as usize]
+            for mode in [PickMode::Argmax, PickMode::TopK(5), PickMode::TopK(64)] {
+                let req = PickRequest {
+                    spec: PickSpec {
+                        mixture: mix.clone(),
+                        mode,
+                        seed: 1,
+                        from_context0: false,
+                    },
+                    rows: states.clone(),
+                };
+                let got = b.rear_sample_host(&logits, vocab, &req).unwrap();
+                let want = cpu_pick(&logits, vocab, &req);
+                assert_same_choices(
+                    &got,
+                    &want,
+                    1e-5,
+                    &format!("{mode:?} {mix:?} vocab {vocab}"),
                 );
-                for ci in 0..k {
-                    assert!((c.logprobs[ci] - lps[ci][t as usize]).abs() <= 1e-5);
-                }
-            }
-            let topk = 5.min(vocab);
-            let spec = SampleSpec {
-                mode: SampleMode::TopK(topk),
-                ..spec.clone()
-            };
-            let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
-            assert_eq!(got.len(), rows * topk);
-            for r in 0..rows {
-                let (_, s) = cpu_scores(&logits, k, vocab, r, &mix);
-                let mut order: Vec<(f32, u32)> = s
-                    .iter()
-                    .enumerate()
-                    .map(|(v, &x)| (states[r].cum_score + x, v as u32))
-                    .collect();
-                order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                let got_r: Vec<u32> = got[r * topk..(r + 1) * topk]
-                    .iter()
-                    .map(|c| c.token)
-                    .collect();
-                let want_r: Vec<u32> = order[..topk].iter().map(|x| x.1).collect();
-                assert_eq!(got_r, want_r, "top-{topk} {mix:?} vocab {vocab} row {r}");
-                for (c, w) in got[r * topk..(r + 1) * topk].iter().zip(&order) {
-                    assert!((c.total - w.0).abs() <= 1e-5 * (1.0 + w.0.abs()));
-                }
             }
         }
     }
@@ -573,15 +559,15 @@ fn rear_sample_sampling_matches_cpu() {
         return;
     };
     let mut rng = Rng(7);
-    let (mut idx, mut probs) = (Vec::new(), Vec::new());
     let mut checked = 0;
     for &vocab in &[3usize, 449, 2000] {
         for mix in [Mixture::Single, Mixture::Guided { lambdas: vec![2.0] }] {
             let k = mix.contexts();
-            let rows = 4;
-            let logits = rng.vec(rows * k * vocab, 4.0);
-            let states: Vec<RowState> = (0..rows)
+            let groups = 4;
+            let logits = rng.vec(groups * k * vocab, 4.0);
+            let states: Vec<RowState> = (0..groups + 1)
                 .map(|i| RowState {
+                    group: i % groups,
                     cum_score: 0.0,
                     stream: 10 + i as u64,
                     step: i as u64 * 7,
@@ -596,27 +582,27 @@ fn rear_sample_sampling_matches_cpu() {
                                 top_k,
                                 top_p,
                             };
-                            let seed = 42;
-                            let spec = SampleSpec {
-                                mixture: &mix,
-                                mode: SampleMode::Sample(sp),
-                                seed,
-                                from_context0,
+                            let req = PickRequest {
+                                spec: PickSpec {
+                                    mixture: mix.clone(),
+                                    mode: PickMode::Sample(sp),
+                                    seed: 42,
+                                    from_context0,
+                                },
+                                rows: states.clone(),
                             };
-                            let got = b.rear_sample_host(&logits, vocab, &states, &spec).unwrap();
-                            for (r, c) in got.iter().enumerate() {
-                                let (lps, s) = cpu_scores(&logits, k, vocab, r, &mix);
-                                let src = if from_context0 { &lps[0] } else { &s };
-                                let u = uniform(seed, states[r].stream, states[r].step);
-                                let want = sample(src, sp, u, &mut idx, &mut probs);
-                                assert_eq!(
-                                    c.token, want,
-                                    "sample {mix:?} vocab {vocab} T {temperature} top-k {top_k} top-p {top_p} \
-                                     ctx0 {from_context0} row {r} (u = {u})"
-                                );
-                                assert!((c.score - s[want as usize]).abs() <= 1e-5);
-                                checked += 1;
-                            }
+                            let got = b.rear_sample_host(&logits, vocab, &req).unwrap();
+                            let want = cpu_pick(&logits, vocab, &req);
+                            assert_same_choices(
+                                &got,
+                                &want,
+                                1e-5,
+                                &format!(
+                                    "sample {mix:?} vocab {vocab} T {temperature} top-k {top_k} \
+                                     top-p {top_p} ctx0 {from_context0}"
+                                ),
+                            );
+                            checked += got.len();
                         }
                     }
                 }
@@ -628,8 +614,6 @@ fn rear_sample_sampling_matches_cpu() {
     );
 }
 
-/// GGUF block-quantised weights are dequantised at upload (to f16 here, their values fit):
-/// the product matches the CPU's exact decoding within f16 rounding of the weights.
 #[test]
 fn quantized_weights_dequantized_at_upload() {
     let Some(b) = gpu("quantized_weights_dequantized_at_upload") else {

@@ -1,9 +1,10 @@
 //! The layer-level `Backend` trait every device implements (CPU reference, CUDA), the step layout
 //! both read (which token rows go to which sequence and cache slot), and the one forward-pass
 //! driver written against the trait.
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::weights::ModelWeights;
+use crate::search::pick::{Choice, PickRequest};
 
 pub mod cpu;
 pub mod cuda;
@@ -118,6 +119,8 @@ pub trait Backend: Send + Sync {
 
     /// One whole forward pass (see [`forward`]); a device may override it with a fused
     /// implementation that computes the same thing (CUDA: fewer launches, graph replay).
+    /// `logits: None` leaves the logits where they are, for [`Backend::pick`] (only asked of a
+    /// backend whose `device_pick` is true).
     fn forward(
         &self,
         cfg: &ModelConfig,
@@ -125,12 +128,35 @@ pub trait Backend: Send + Sync {
         layout: &StepLayout,
         kv: &mut Self::Kv,
         s: &mut Scratch<Self>,
-        logits: &mut Vec<f32>,
+        logits: Option<&mut Vec<f32>>,
     ) -> Result<()>
     where
         Self: Sized,
     {
+        let Some(logits) = logits else {
+            return Err(Error::Input(format!(
+                "the {} backend returns its logits to the host",
+                self.name()
+            )));
+        };
         forward(self, cfg, w, layout, kv, s, logits)
+    }
+
+    /// Whether [`Backend::pick`] chooses next tokens where the logits are (the engine then runs
+    /// `forward` without host logits). Otherwise the engine picks on the host
+    /// (`search::pick::rear_sample`).
+    fn device_pick(&self) -> bool {
+        false
+    }
+
+    /// Picks `req` over the logit rows `first..first + n` of the last `forward` (left on the
+    /// device), as `search::pick::rear_sample` does over their log-softmax.
+    fn pick(&self, first: usize, n: usize, req: &PickRequest) -> Result<Vec<Choice>> {
+        let _ = (first, n, req);
+        Err(Error::Input(format!(
+            "the {} backend has no device pick",
+            self.name()
+        )))
     }
 }
 

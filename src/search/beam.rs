@@ -7,11 +7,11 @@
 //! live beams compete; the best `B` are returned). Without EOS and with one context this is HF's
 //! `num_beams=B` search exactly.
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams,
-    Want,
+    pending_wants, prefill_wants, sort_best_first, Candidate, Choice, Hyp, PickMode, PickRequest,
+    PickSpec, Prefill, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rear::Mixture;
 use std::cmp::Ordering;
 
@@ -19,65 +19,75 @@ pub struct Beam {
     root: Option<(Hyp, Prefill)>,
     live: Vec<Hyp>,
     finished: Vec<Hyp>,
-    mix: Mixture,
+    spec: PickSpec,
     p: SearchParams,
-    combined: Vec<f32>,
-    cands: Vec<(f32, u32, u32)>,
+    /// (S(prefix) + s_t(v), v, parent, index of the choice)
+    cands: Vec<(f32, u32, u32, usize)>,
 }
 
 impl Beam {
     pub fn new(root: Hyp, prefill: Prefill, mix: Mixture, p: SearchParams) -> Self {
+        // Enough candidates per parent (and overall) that B non-EOS ones are among them.
+        let eos = if p.ignore_eos {
+            0
+        } else {
+            p.eos_token_ids.len()
+        };
+        let keep = p.beams * (1 + eos.max(1));
         Beam {
             root: Some((root, prefill)),
             live: Vec::new(),
             finished: Vec::new(),
-            mix,
+            spec: PickSpec {
+                mixture: mix,
+                mode: PickMode::TopK(keep),
+                seed: p.seed,
+                from_context0: false,
+            },
             p,
-            combined: Vec::new(),
             cands: Vec::new(),
         }
     }
 
-    /// One selection step over `parents` with their context rows (`k` rows each).
-    fn step(&mut self, api: &mut dyn StepApi, mut parents: Vec<Hyp>, rows: &[&[f32]]) {
-        let k = self.mix.contexts();
-        let b = self.p.beams;
-        // Enough candidates that B non-EOS ones are among them.
-        let eos = if self.p.ignore_eos {
-            0
-        } else {
-            self.p.eos_token_ids.len()
-        };
-        let keep = b * (1 + eos.max(1));
-        self.cands.clear();
-        for (bi, h) in parents.iter().enumerate() {
-            self.mix
-                .combine(&rows[bi * k..(bi + 1) * k], &mut self.combined);
-            for (v, &s) in self.combined.iter().enumerate() {
-                self.cands.push((h.score + s, v as u32, bi as u32));
-            }
+    fn keep(&self) -> usize {
+        match self.spec.mode {
+            PickMode::TopK(k) => k,
+            _ => unreachable!("beam search picks TopK"),
         }
-        let order = |a: &(f32, u32, u32), c: &(f32, u32, u32)| -> Ordering {
+    }
+
+    /// One selection step over `parents` from each parent's best expansions (`choices`, whose
+    /// rows are the parents' indices).
+    fn step(&mut self, api: &mut dyn StepApi, mut parents: Vec<Hyp>, choices: &[Choice]) {
+        let b = self.p.beams;
+        let keep = self.keep();
+        self.cands.clear();
+        self.cands.extend(
+            choices
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| (c.total, c.token, c.row as u32, ci)),
+        );
+        // Each parent's shortlist holds its share of the overall best `keep`; rank them all.
+        let order = |a: &(f32, u32, u32, usize), c: &(f32, u32, u32, usize)| -> Ordering {
             c.0.total_cmp(&a.0).then(a.1.cmp(&c.1)).then(a.2.cmp(&c.2))
         };
-        if self.cands.len() > keep {
-            self.cands.select_nth_unstable_by(keep - 1, order);
-            self.cands.truncate(keep);
-        }
         self.cands.sort_unstable_by(order);
+        self.cands.truncate(keep);
         // Choose (parent, token) pairs in rank order.
-        let mut chosen: Vec<(usize, u32, bool)> = Vec::new(); // (parent, token, finishes here)
+        // (parent, choice, finishes here)
+        let mut chosen: Vec<(usize, usize, bool)> = Vec::new();
         let mut live = 0;
-        for (rank, &(_, v, bi)) in self.cands.iter().enumerate() {
+        for (rank, &(_, v, bi, ci)) in self.cands.iter().enumerate() {
             if live == b {
                 break;
             }
             if self.p.is_eos(v) {
                 if rank < b {
-                    chosen.push((bi as usize, v, true));
+                    chosen.push((bi as usize, ci, true));
                 }
             } else {
-                chosen.push((bi as usize, v, false));
+                chosen.push((bi as usize, ci, false));
                 live += 1;
             }
         }
@@ -90,8 +100,7 @@ impl Beam {
             }
         }
         let mut next: Vec<Option<Hyp>> = vec![None; chosen.len()];
-        for (ci, &(pi, v, fin)) in chosen.iter().enumerate() {
-            let hr = &rows[pi * k..(pi + 1) * k];
+        for (ci, &(pi, choice, fin)) in chosen.iter().enumerate() {
             if fin || last_use[pi] != Some(ci) {
                 let mut child = if fin {
                     let mut c = parents[pi].clone();
@@ -100,14 +109,14 @@ impl Beam {
                 } else {
                     parents[pi].fork(api)
                 };
-                child.push(v, hr, &self.mix, &self.p, api);
+                child.push(&choices[choice], &self.p, api);
                 next[ci] = Some(child);
             }
         }
-        for (ci, &(pi, v, _)) in chosen.iter().enumerate() {
+        for (ci, &(pi, choice, _)) in chosen.iter().enumerate() {
             if last_use[pi] == Some(ci) {
                 let mut child = std::mem::replace(&mut parents[pi], Hyp::root(Vec::new()));
-                child.push(v, &rows[pi * k..(pi + 1) * k], &self.mix, &self.p, api);
+                child.push(&choices[choice], &self.p, api);
                 next[ci] = Some(child);
             }
         }
@@ -135,12 +144,39 @@ impl Search for Beam {
         }
     }
 
-    fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()> {
+    fn pick(&self) -> PickRequest {
+        let rows = match &self.root {
+            Some((root, _)) => vec![root.row_state(0)],
+            None => self
+                .live
+                .iter()
+                .enumerate()
+                .map(|(g, h)| h.row_state(g))
+                .collect(),
+        };
+        PickRequest {
+            spec: self.spec.clone(),
+            rows,
+        }
+    }
+
+    fn got(&mut self, api: &mut dyn StepApi, choices: &[Choice]) -> Result<()> {
+        let n = if self.root.is_some() {
+            1
+        } else {
+            self.live.len()
+        };
+        if let Some(c) = choices.iter().find(|c| c.row >= n) {
+            return Err(Error::Input(format!(
+                "beam search got a choice for row {} of {n}",
+                c.row
+            )));
+        }
         let parents = match self.root.take() {
             Some((root, _)) => vec![root],
             None => std::mem::take(&mut self.live),
         };
-        self.step(api, parents, rows);
+        self.step(api, parents, choices);
         Ok(())
     }
 

@@ -6,13 +6,12 @@
 //! continuations) is ranked by S (or S/len with `--length-norm`) and the best `B` are kept. The
 //! search ends when every kept beam has finished. Continuation `j` of beam rank `b` in round `r`
 //! samples from random stream `r·B·M + b·M + j`, so a seed reproduces the same tree.
-use super::sampler::{sample, uniform};
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Candidate, Hyp, Prefill, Search, SearchParams,
-    Want,
+    pending_wants, prefill_wants, sort_best_first, Candidate, Choice, Hyp, PickMode, PickRequest,
+    PickSpec, Prefill, RowState, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rear::Mixture;
 
 pub struct Chunk {
@@ -22,10 +21,8 @@ pub struct Chunk {
     /// Continuations of the current round.
     growing: Vec<Hyp>,
     round: u64,
-    mix: Mixture,
+    spec: PickSpec,
     p: SearchParams,
-    idx: Vec<u32>,
-    probs: Vec<f64>,
 }
 
 impl Chunk {
@@ -35,16 +32,31 @@ impl Chunk {
             beams: Vec::new(),
             growing: Vec::new(),
             round: 0,
-            mix,
+            spec: PickSpec {
+                mixture: mix,
+                mode: PickMode::Sample(p.sampling),
+                seed: p.seed,
+                from_context0: true,
+            },
             p,
-            idx: Vec::new(),
-            probs: Vec::new(),
         }
     }
 
-    fn draw(&mut self, h: &Hyp, rows: &[&[f32]]) -> u32 {
-        let u = uniform(self.p.seed, h.stream, h.tokens.len() as u64);
-        sample(rows[0], self.p.sampling, u, &mut self.idx, &mut self.probs)
+    /// Random stream of continuation `j` of parent `bi` in the current round.
+    fn stream(&self, bi: usize, j: usize) -> u64 {
+        let (m, b) = (self.p.n as u64, self.p.beams as u64);
+        self.round * b * m + bi as u64 * m + j as u64
+    }
+
+    /// Parents that start a round this step (with their rows), when one starts.
+    fn parents(&self) -> Option<Vec<&Hyp>> {
+        if let Some((root, _)) = &self.root {
+            Some(vec![root])
+        } else if self.growing.is_empty() {
+            Some(self.beams.iter().filter(|h| h.finish.is_none()).collect())
+        } else {
+            None
+        }
     }
 
     /// A continuation still in its chunk: unfinished, and its last token neither ended the chunk
@@ -58,18 +70,17 @@ impl Chunk {
                 .is_some_and(|t| self.p.chunk_delimiters.contains(t))
     }
 
-    /// Forks `M` continuations of each parent (with its rows) and draws their first tokens.
-    fn expand(&mut self, api: &mut dyn StepApi, parents: Vec<Hyp>, rows: &[&[f32]]) {
-        let (k, m, b) = (self.mix.contexts(), self.p.n, self.p.beams as u64);
+    /// Forks `M` continuations of each parent and gives them their first tokens (the choices,
+    /// `M` per parent in order).
+    fn expand(&mut self, api: &mut dyn StepApi, parents: Vec<Hyp>, choices: &[Choice]) {
+        let m = self.p.n;
         for (bi, parent) in parents.into_iter().enumerate() {
-            let hr = &rows[bi * k..(bi + 1) * k];
             let mut kids: Vec<Hyp> = (1..m).map(|_| parent.fork(api)).collect();
             kids.push(parent);
             for (j, mut kid) in kids.into_iter().enumerate() {
-                kid.stream = self.round * b * m as u64 + bi as u64 * m as u64 + j as u64;
+                kid.stream = self.stream(bi, j);
                 kid.chunk_len = 0;
-                let t = self.draw(&kid, hr);
-                kid.push(t, hr, &self.mix, &self.p, api);
+                kid.push(&choices[bi * m + j], &self.p, api);
                 self.growing.push(kid);
             }
         }
@@ -101,17 +112,53 @@ impl Search for Chunk {
         }
     }
 
-    fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()> {
-        let k = self.mix.contexts();
+    fn pick(&self) -> PickRequest {
+        let rows = match self.parents() {
+            // Continuation j of parent bi draws its first token from the parent's rows.
+            Some(parents) => parents
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, h)| {
+                    (0..self.p.n).map(move |j| RowState {
+                        stream: self.stream(bi, j),
+                        ..h.row_state(bi)
+                    })
+                })
+                .collect(),
+            None => self
+                .growing
+                .iter()
+                .filter(|h| self.in_chunk(h))
+                .enumerate()
+                .map(|(g, h)| h.row_state(g))
+                .collect(),
+        };
+        PickRequest {
+            spec: self.spec.clone(),
+            rows,
+        }
+    }
+
+    fn got(&mut self, api: &mut dyn StepApi, choices: &[Choice]) -> Result<()> {
+        let want = match self.parents() {
+            Some(p) => p.len() * self.p.n,
+            None => self.growing.iter().filter(|h| self.in_chunk(h)).count(),
+        };
+        if choices.len() < want {
+            return Err(Error::Input(format!(
+                "chunk search got {} choices for {want} rows",
+                choices.len()
+            )));
+        }
         if let Some((root, _)) = self.root.take() {
-            self.expand(api, vec![root], rows);
+            self.expand(api, vec![root], choices);
         } else if self.growing.is_empty() {
-            // Rows of the kept unfinished beams: start the next round.
+            // Choices from the kept unfinished beams' rows: start the next round.
             let (parents, done): (Vec<Hyp>, Vec<Hyp>) = std::mem::take(&mut self.beams)
                 .into_iter()
                 .partition(|h| h.finish.is_none());
             self.beams = done;
-            self.expand(api, parents, rows);
+            self.expand(api, parents, choices);
         } else {
             let mut growing = std::mem::take(&mut self.growing);
             let mut r = 0;
@@ -119,10 +166,8 @@ impl Search for Chunk {
                 if !self.in_chunk(h) {
                     continue;
                 }
-                let hr = &rows[r..r + k];
-                r += k;
-                let t = self.draw(h, hr);
-                h.push(t, hr, &self.mix, &self.p, api);
+                h.push(&choices[r], &self.p, api);
+                r += 1;
             }
             self.growing = growing;
         }

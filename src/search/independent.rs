@@ -2,61 +2,47 @@
 //! (`--n` draws from softmax(s/T) with top-k/top-p), and `bon` (best-of-N: `--n` draws from the
 //! first (pref) context at temperature T with top-k/top-p, each scored by S in the same pass,
 //! returned best first). All share the prompt's cache blocks after one prefill.
-use super::sampler::{sample, uniform};
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Algo, Candidate, Hyp, Prefill, Search,
-    SearchParams, Want,
+    pending_wants, prefill_wants, sort_best_first, Algo, Candidate, Choice, Hyp, PickMode,
+    PickRequest, PickSpec, Prefill, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
-use crate::error::Result;
-use crate::rear::{argmax, Mixture};
+use crate::error::{Error, Result};
+use crate::rear::Mixture;
 
 pub struct Independent {
     root: Option<(Hyp, Prefill)>,
     hyps: Vec<Hyp>,
-    mix: Mixture,
+    spec: PickSpec,
     p: SearchParams,
-    combined: Vec<f32>,
-    idx: Vec<u32>,
-    probs: Vec<f64>,
 }
 
 impl Independent {
     pub fn new(root: Hyp, prefill: Prefill, mix: Mixture, p: SearchParams) -> Self {
+        let (mode, from_context0) = match p.algo {
+            Algo::Greedy => (PickMode::Argmax, false),
+            Algo::Bon => (PickMode::Sample(p.sampling), true),
+            _ => (PickMode::Sample(p.sampling), false),
+        };
         Independent {
             root: Some((root, prefill)),
             hyps: Vec::new(),
-            mix,
+            spec: PickSpec {
+                mixture: mix,
+                mode,
+                seed: p.seed,
+                from_context0,
+            },
             p,
-            combined: Vec::new(),
-            idx: Vec::new(),
-            probs: Vec::new(),
         }
     }
 
-    /// Next token of hypothesis `h` from its context rows.
-    fn choose(&mut self, h: &Hyp, rows: &[&[f32]]) -> u32 {
-        let step = h.tokens.len() as u64;
-        match self.p.algo {
-            Algo::Greedy => {
-                self.mix.combine(rows, &mut self.combined);
-                argmax(&self.combined) as u32
-            }
-            Algo::Bon => {
-                let u = uniform(self.p.seed, h.stream, step);
-                sample(rows[0], self.p.sampling, u, &mut self.idx, &mut self.probs)
-            }
-            _ => {
-                self.mix.combine(rows, &mut self.combined);
-                let u = uniform(self.p.seed, h.stream, step);
-                sample(
-                    &self.combined,
-                    self.p.sampling,
-                    u,
-                    &mut self.idx,
-                    &mut self.probs,
-                )
-            }
+    /// Hypotheses drawn from the prefill's rows (one for greedy).
+    fn draws(&self) -> usize {
+        if self.p.algo == Algo::Greedy {
+            1
+        } else {
+            self.p.n
         }
     }
 }
@@ -69,38 +55,59 @@ impl Search for Independent {
         }
     }
 
-    fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()> {
-        let k = self.mix.contexts();
-        if let Some((root, _)) = self.root.take() {
-            let n = if self.p.algo == Algo::Greedy {
-                1
-            } else {
-                self.p.n
-            };
+    fn pick(&self) -> PickRequest {
+        let rows = match &self.root {
+            // Every draw reads the prefill's rows; hypothesis i samples from stream i.
+            Some((root, _)) => (0..self.draws())
+                .map(|i| {
+                    let mut st = root.row_state(0);
+                    st.stream = i as u64;
+                    st
+                })
+                .collect(),
+            None => self
+                .hyps
+                .iter()
+                .filter(|h| h.pending && h.finish.is_none())
+                .enumerate()
+                .map(|(g, h)| h.row_state(g))
+                .collect(),
+        };
+        PickRequest {
+            spec: self.spec.clone(),
+            rows,
+        }
+    }
+
+    fn got(&mut self, api: &mut dyn StepApi, choices: &[Choice]) -> Result<()> {
+        let short = || Error::Input("the pick returned fewer choices than rows".into());
+        if self.root.is_some() {
+            let n = self.draws();
+            if choices.len() < n {
+                return Err(short());
+            }
+            let (root, _) = self.root.take().expect("checked above");
             let mut hyps: Vec<Hyp> = (1..n).map(|_| root.fork(api)).collect();
             hyps.insert(0, root);
-            for (i, h) in hyps.iter_mut().enumerate() {
+            for (i, (mut h, c)) in hyps.into_iter().zip(choices).enumerate() {
                 h.stream = i as u64;
-            }
-            for mut h in hyps {
-                let t = self.choose(&h, rows);
-                h.push(t, rows, &self.mix, &self.p, api);
+                h.push(c, &self.p, api);
                 self.hyps.push(h);
             }
             return Ok(());
         }
+        let live = self.hyps.iter().filter(|h| h.pending && h.finish.is_none());
+        if live.count() > choices.len() {
+            return Err(short());
+        }
         let mut hyps = std::mem::take(&mut self.hyps);
-        let mut r = 0;
-        for h in hyps.iter_mut().filter(|h| h.pending && h.finish.is_none()) {
-            let hr = &rows[r..r + k];
-            r += k;
-            let t = self.choose(h, hr);
-            h.push(t, hr, &self.mix, &self.p, api);
+        let live = hyps.iter_mut().filter(|h| h.pending && h.finish.is_none());
+        for (h, c) in live.zip(choices) {
+            h.push(c, &self.p, api);
         }
         self.hyps = hyps;
         Ok(())
     }
-
     fn is_done(&self) -> bool {
         self.root.is_none() && self.hyps.iter().all(|h| h.finish.is_some())
     }

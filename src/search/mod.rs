@@ -1,18 +1,22 @@
 //! Test-time-scaling algorithms over the engine's `StepApi` (DESIGN §2). Every algorithm is a
-//! resumable state machine (`Search`): it says which sequences to extend by which tokens, gets
-//! the log-prob rows back, and decides. The driver (`run`) batches the wants of many searches,
-//! of many requests, into one forward pass per step.
+//! resumable state machine (`Search`): it says which sequences to extend by which tokens and how
+//! to pick from their rows (`pick::PickRequest`: argmax of the REAR score, each beam's best
+//! expansions, a seeded draw), gets the choices back, and decides. The driver (`run`) batches the
+//! wants of many searches, of many requests, into one forward pass per step; the engine makes
+//! the picks where the logits are (on a CUDA device only the choices come back to the host).
 //!
 //! A hypothesis (`Hyp`) is one response decoded under every context of its request in lockstep:
 //! one cache sequence per context, the same response tokens appended to all of them.
 pub mod beam;
 pub mod chunk;
 pub mod independent;
+pub mod pick;
 pub mod sampler;
 
 use crate::engine::{Extend, SeqId, StepApi};
 use crate::error::{Error, Result};
-use crate::rear::{log_softmax_rows, Mixture};
+use crate::rear::Mixture;
+pub use pick::{Choice, PickMode, PickRequest, PickSpec, RowState};
 pub use sampler::SampleParams;
 
 /// The algorithms of DESIGN §2.
@@ -201,35 +205,19 @@ impl Hyp {
         }
     }
 
-    /// Appends `token` (scored from the context rows `rows[k]`), finishing on EOS or length.
-    pub fn push(
-        &mut self,
-        token: u32,
-        rows: &[&[f32]],
-        mix: &Mixture,
-        p: &SearchParams,
-        api: &mut dyn StepApi,
-    ) {
-        let mut lps = [0f32; 16];
-        let mut big = Vec::new();
-        let lps: &mut [f32] = if rows.len() <= 16 {
-            &mut lps[..rows.len()]
-        } else {
-            big.resize(rows.len(), 0.0);
-            &mut big
-        };
-        for (k, r) in rows.iter().enumerate() {
-            lps[k] = r[token as usize];
-            self.token_lps[k].push(lps[k]);
-            self.ctx_sums[k] += lps[k];
+    /// Appends the chosen token with its per-context log-probs and score, finishing on EOS or
+    /// length.
+    pub fn push(&mut self, c: &Choice, p: &SearchParams, api: &mut dyn StepApi) {
+        for (k, &lp) in c.logprobs.iter().enumerate() {
+            self.token_lps[k].push(lp);
+            self.ctx_sums[k] += lp;
         }
-        let s = mix.token_score(lps);
-        self.token_scores.push(s);
-        self.score += s;
-        self.tokens.push(token);
+        self.token_scores.push(c.score);
+        self.score += c.score;
+        self.tokens.push(c.token);
         self.chunk_len += 1;
         self.pending = true;
-        if p.is_eos(token) {
+        if p.is_eos(c.token) {
             self.finish = Some(FinishReason::Eos);
         } else if self.tokens.len() >= p.max_new_tokens {
             self.finish = Some(FinishReason::Length);
@@ -237,6 +225,16 @@ impl Hyp {
         if self.finish.is_some() {
             self.pending = false;
             self.release(api);
+        }
+    }
+
+    /// The pick state of this hypothesis reading row group `group`.
+    pub fn row_state(&self, group: usize) -> RowState {
+        RowState {
+            group,
+            cum_score: self.score,
+            stream: self.stream,
+            step: self.tokens.len() as u64,
         }
     }
 
@@ -261,10 +259,13 @@ pub struct Want {
 
 /// A resumable search.
 pub trait Search {
-    /// Pushes this search's extensions for the next pass (one log-prob row comes back for each).
+    /// Pushes this search's extensions for the next pass (one row of log-probs each, in groups
+    /// of the mixture's contexts).
     fn want(&mut self, out: &mut Vec<Want>);
-    /// The log-prob rows of this search's wants, in order; decides the next tokens.
-    fn got(&mut self, api: &mut dyn StepApi, rows: &[&[f32]]) -> Result<()>;
+    /// How to pick from the rows of the wants just pushed.
+    fn pick(&self) -> PickRequest;
+    /// The choices of that pick (in its rows' order); decides the next tokens.
+    fn got(&mut self, api: &mut dyn StepApi, choices: &[Choice]) -> Result<()>;
     fn is_done(&self) -> bool;
     /// Candidates best first; frees every sequence still held.
     fn finish(&mut self, api: &mut dyn StepApi) -> Vec<Candidate>;
@@ -411,24 +412,26 @@ pub fn drive(
 pub struct StepBuffers {
     wants: Vec<Want>,
     spans: Vec<(usize, usize, usize)>,
-    logits: Vec<f32>,
+    picks: Vec<PickRequest>,
+    choices: Vec<Vec<Choice>>,
 }
 
-/// One forward pass for every unfinished search in `searches` (all their wants batched);
-/// returns false when none wanted anything.
+/// One forward pass for every unfinished search in `searches` (all their wants batched), the
+/// picks made where the logits are; returns false when none wanted anything.
 pub fn step(
     api: &mut dyn StepApi,
     searches: &mut [Box<dyn Search>],
     b: &mut StepBuffers,
 ) -> Result<bool> {
-    let vocab = api.config().vocab_size;
     b.wants.clear();
     b.spans.clear();
+    b.picks.clear();
     for (i, s) in searches.iter_mut().enumerate() {
         if !s.is_done() {
             let start = b.wants.len();
             s.want(&mut b.wants);
             b.spans.push((i, start, b.wants.len()));
+            b.picks.push(s.pick());
         }
     }
     if b.wants.is_empty() {
@@ -443,11 +446,15 @@ pub fn step(
             all_logits: false,
         })
         .collect();
-    api.extend(&items, &mut b.logits)?;
-    log_softmax_rows(&mut b.logits, vocab);
-    let rows: Vec<&[f32]> = b.logits.chunks(vocab).collect();
-    for &(i, a, e) in &b.spans {
-        searches[i].got(api, &rows[a..e])?;
+    let groups: Vec<(usize, usize, &PickRequest)> = b
+        .spans
+        .iter()
+        .zip(&b.picks)
+        .map(|(&(_, a, e), p)| (a, e - a, p))
+        .collect();
+    api.extend_pick(&items, &groups, &mut b.choices)?;
+    for (&(i, _, _), c) in b.spans.iter().zip(&b.choices) {
+        searches[i].got(api, c)?;
     }
     Ok(true)
 }

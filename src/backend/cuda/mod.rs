@@ -9,8 +9,10 @@
 //!   layer in one launch per op, so the weights are read once per step.
 //! - The KV cache is one device pool (`[block][layer][K|V][slot][kv_head][head_dim]`, f32), grown
 //!   geometrically; new blocks hold NaN until written, and kernels only read written slots.
-//! - A step's only host round trips are the token/layout upload and the logits (or, through
-//!   `rear_sample`, only the chosen ids and their scores) coming back.
+//! - A decode step's only host round trips are the token/layout upload and the choices of the
+//!   search's picks (`Backend::pick` → the fused `rear_sample` kernel: chosen ids, their
+//!   per-context log-probs and scores); logits stay on the device. `score` (all rows' log-probs)
+//!   is the one path that copies logits back.
 //!
 //! Without a driver or a device, `cuda_available()` says why and `CudaBackend::new` returns the
 //! same reason as an error; nothing here panics for lack of a GPU.
@@ -26,10 +28,10 @@ use crate::backend::{Backend, Norm, StepLayout};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::weights::ModelWeights;
+pub use crate::search::pick::{Choice, PickMode, PickRequest, PickSpec, RowState};
 pub use device::{cuda_available, kernels_embedded};
 use device::{DevBuf, Gpu};
 pub use ops::MatmulPath;
-pub use sample::{Choice, RowState, SampleMode, SampleSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
 use types::RearKvLayout;
 pub use weights::{CudaWeights, WType};
@@ -414,9 +416,18 @@ impl Backend for CudaBackend {
         layout: &StepLayout,
         kv: &mut CudaKv,
         _s: &mut crate::backend::Scratch<Self>,
-        logits: &mut Vec<f32>,
+        logits: Option<&mut Vec<f32>>,
     ) -> Result<()> {
-        self.forward_fused(w, layout, kv, Some(logits))
+        self.forward_fused(w, layout, kv, logits)
+    }
+
+    /// Picks run in the fused `rear_sample` kernel over the logits the step left on the device.
+    fn device_pick(&self) -> bool {
+        true
+    }
+
+    fn pick(&self, first: usize, n: usize, req: &PickRequest) -> Result<Vec<Choice>> {
+        self.rear_sample(first, n, req)
     }
 
     fn new_act(&self) -> CudaAct {

@@ -15,54 +15,21 @@ use super::device::DevBuf;
 use super::types::*;
 use super::CudaBackend;
 use crate::error::{Error, Result};
-use crate::rear::Mixture;
-use crate::search::SampleParams;
+use crate::rear::{log_softmax_rows, Mixture};
+use crate::search::pick::{self, Choice, PickMode, PickRequest, PickScratch, PickSpec};
 
-/// What to choose for each response row.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SampleMode {
-    Argmax,
-    /// The row's best `k` candidates (k ≤ 64).
-    TopK(usize),
-    Sample(SampleParams),
+/// Whether the kernel handles `spec` (contexts and shortlist within its fixed bounds).
+fn kernel_supports(spec: &PickSpec) -> bool {
+    let k = spec.mixture.contexts();
+    (1..=REAR_MAX_CONTEXTS as usize).contains(&k)
+        && match spec.mode {
+            PickMode::TopK(n) => (1..=REAR_MAX_TOPK as usize).contains(&n),
+            _ => true,
+        }
 }
 
-#[derive(Clone, Debug)]
-pub struct SampleSpec<'a> {
-    pub mixture: &'a Mixture,
-    pub mode: SampleMode,
-    pub seed: u64,
-    /// Sample from the first context's log-probs instead of the REAR score (best-of-N).
-    pub from_context0: bool,
-}
-
-/// Per response row: its score so far and its random stream position.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct RowState {
-    pub cum_score: f32,
-    pub stream: u64,
-    pub step: u64,
-}
-
-/// One chosen token of a response row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Choice {
-    pub row: usize,
-    pub token: u32,
-    /// `s_t(token)`.
-    pub score: f32,
-    /// `cum_score + score`.
-    pub total: f32,
-    /// `log π(token | context k)` for each context.
-    pub logprobs: Vec<f32>,
-}
-
-fn kernel_params(
-    spec: &SampleSpec<'_>,
-    rows: usize,
-    vocab: usize,
-) -> Result<(RearSampleParams, usize)> {
-    let (mixture, w): (u32, &[f32]) = match spec.mixture {
+fn kernel_params(spec: &PickSpec, rows: usize, vocab: usize) -> Result<(RearSampleParams, usize)> {
+    let (mixture, w): (u32, &[f32]) = match &spec.mixture {
         Mixture::Single => (REAR_MIX_SINGLE, &[]),
         Mixture::Guided { lambdas } => (REAR_MIX_GUIDED, lambdas),
         Mixture::Weighted { weights } => (REAR_MIX_WEIGHTED, weights),
@@ -90,8 +57,8 @@ fn kernel_params(
         weights,
     };
     let per_row = match spec.mode {
-        SampleMode::Argmax => 1,
-        SampleMode::TopK(k) => {
+        PickMode::Argmax => 1,
+        PickMode::TopK(k) => {
             if k == 0 || k > REAR_MAX_TOPK as usize {
                 return Err(Error::Input(format!(
                     "the CUDA sampler keeps 1 to {REAR_MAX_TOPK} candidates per row, not {k}"
@@ -101,7 +68,7 @@ fn kernel_params(
             p.top_k = k as u32;
             k
         }
-        SampleMode::Sample(sp) => {
+        PickMode::Sample(sp) => {
             p.mode = REAR_MODE_SAMPLE;
             p.temperature = sp.temperature;
             p.top_k = sp.top_k.min(u32::MAX as usize) as u32;
@@ -113,50 +80,64 @@ fn kernel_params(
 }
 
 impl CudaBackend {
-    /// Runs the fused sampler over the logits of the last `logits_device` call (or
-    /// `Backend::logits`), whose rows are `rows.len()` response rows × the mixture's contexts,
-    /// each response row's contexts consecutive in mixture order.
-    pub fn rear_sample(&self, rows: &[RowState], spec: &SampleSpec<'_>) -> Result<Vec<Choice>> {
+    /// `search::pick::rear_sample` over the logit rows `first..first + n` of the last forward
+    /// pass (or `logits_device` call), left on the device: only the choices come back. A spec
+    /// beyond the kernel's bounds (more than `REAR_MAX_CONTEXTS` contexts, a shortlist over
+    /// `REAR_MAX_TOPK`) is picked on the host from downloaded rows instead.
+    pub fn rear_sample(&self, first: usize, n: usize, req: &PickRequest) -> Result<Vec<Choice>> {
         let g = self.gpu();
         g.bind()?;
         let mut s = self.scratch();
-        let (n, vocab) = s.logits_shape;
-        let k = spec.mixture.contexts();
-        if rows.len() * k != n {
+        let (rows, vocab) = s.logits_shape;
+        if first + n > rows {
             return Err(Error::Input(format!(
-                "{} response rows × {k} contexts need {} logit rows, the device holds {n}",
-                rows.len(),
-                rows.len() * k
+                "a pick over logit rows {first}..{} of {rows}",
+                first + n
             )));
         }
-        let logits = s.logits.ptr();
-        run(self, &mut s, logits, vocab, rows, spec)
+        pick::check_groups(req, n)?;
+        let logits = s.logits.ptr() + (first * vocab * 4) as u64;
+        if !kernel_supports(&req.spec) {
+            let mut host = vec![0f32; n * vocab];
+            g.dtoh(&mut host, logits)?;
+            drop(s);
+            return host_pick(host, vocab, req);
+        }
+        run(self, &mut s, logits, vocab, req)
     }
 
-    /// The same over logits given by the host (`[rows · contexts, vocab]`).
+    /// The same over logits given by the host (`[groups · contexts, vocab]`).
     pub fn rear_sample_host(
         &self,
         logits: &[f32],
         vocab: usize,
-        rows: &[RowState],
-        spec: &SampleSpec<'_>,
+        req: &PickRequest,
     ) -> Result<Vec<Choice>> {
+        if vocab == 0 || logits.len() % vocab != 0 {
+            return Err(Error::Input(format!(
+                "{} logits are not rows of {vocab}",
+                logits.len()
+            )));
+        }
+        pick::check_groups(req, logits.len() / vocab)?;
+        if !kernel_supports(&req.spec) {
+            return host_pick(logits.to_vec(), vocab, req);
+        }
         let g = self.gpu();
         g.bind()?;
         let mut s = self.scratch();
-        let k = spec.mixture.contexts();
-        if logits.len() != rows.len() * k * vocab {
-            return Err(Error::Input(format!(
-                "{} logits for {} rows × {k} contexts × {vocab}",
-                logits.len(),
-                rows.len()
-            )));
-        }
         s.host_logits.ensure(logits.len() * 4)?;
         g.htod(s.host_logits.ptr(), logits)?;
         let ptr = s.host_logits.ptr();
-        run(self, &mut s, ptr, vocab, rows, spec)
+        run(self, &mut s, ptr, vocab, req)
     }
+}
+
+/// The host fallback: log-softmax of the rows, then `search::pick::rear_sample`.
+fn host_pick(mut logits: Vec<f32>, vocab: usize, req: &PickRequest) -> Result<Vec<Choice>> {
+    log_softmax_rows(&mut logits, vocab);
+    let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+    pick::rear_sample(&rows, req, &mut PickScratch::default())
 }
 
 fn run(
@@ -164,9 +145,9 @@ fn run(
     s: &mut super::Scratch,
     logits: u64,
     vocab: usize,
-    rows: &[RowState],
-    spec: &SampleSpec<'_>,
+    req: &PickRequest,
 ) -> Result<Vec<Choice>> {
+    let (rows, spec) = (&req.rows, &req.spec);
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -176,7 +157,7 @@ fn run(
         .iter()
         .map(|r| RearSampleRow {
             cum_score: r.cum_score,
-            pad: 0,
+            group: r.group as u32,
             stream: r.stream,
             step: r.step,
         })
