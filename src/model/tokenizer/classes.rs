@@ -128,7 +128,7 @@ impl ModelDirInfo {
         if !path.is_file() {
             return Ok(info);
         }
-        let v = super::read_json(&path)?;
+        let v = super::config::read_json(&path)?;
         info.has_config = true;
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         info.model_type = s("model_type");
