@@ -5,7 +5,9 @@ For a few fixture models (tests/fixtures), using the prompts of their golden.jso
   - per-token log-probs of a given response: `rear score --device cuda` vs transformers
     (float32 compute, TF32 off), within 1e-4 (f32-stored) / 2e-3 (bf16/f16-stored);
   - greedy continuation (EOS ignored) and guided greedy (CFG: base + λ·(pref − base) over
-    log-softmax): `rear generate --device cuda` tokens equal to transformers' argmax loop.
+    log-softmax): `rear generate --device cuda` tokens equal to transformers' argmax loop;
+  - beam search B=2/4: `rear generate --algo beam --device cuda` sequences equal to the
+    transformers num_beams sequences recorded in golden.json, scores within 10× the tolerance.
 Prints one line per case and a final `PARITY: n/m cases ok` line; exit 1 on any mismatch.
 """
 import argparse
@@ -75,9 +77,13 @@ def main():
     ap.add_argument("--fixtures", default="tests/fixtures")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--device", default="cuda", help="cuda; cpu only to test this script")
+    ap.add_argument("--rear-device", default=None,
+                    help="rear's --device (default: --device); cuda with --device cpu runs rear on "
+                         "the kernel emulator (LD_LIBRARY_PATH=target/rear-emu) against CPU torch")
     a = ap.parse_args()
     global DEVICE
     DEVICE = a.device
+    REAR_DEVICE = a.rear_device or a.device
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     ok = total = 0
@@ -89,7 +95,7 @@ def main():
         for case in g["logprobs"]:
             total += 1
             want = hf_logprobs(model, case["prompt_ids"], case["response_ids"])
-            rc, out, err = rear(a.rear, "score", "--model", d, "--device", DEVICE, "--json",
+            rc, out, err = rear(a.rear, "score", "--model", d, "--device", REAR_DEVICE, "--json",
                                 "--prompt-ids", ids_arg(case["prompt_ids"]),
                                 "--response-ids", ids_arg(case["response_ids"]))
             if rc != 0:
@@ -107,7 +113,7 @@ def main():
             ctx = [case["prompt_ids"]] + ([case["base_ids"]] if guided else [])
             lam = case.get("lambda", 1.0)
             want = hf_greedy(model, ctx, lam, n)
-            args = ["generate", "--model", d, "--device", DEVICE, "--json", "--ignore-eos",
+            args = ["generate", "--model", d, "--device", REAR_DEVICE, "--json", "--ignore-eos",
                     "--max-new-tokens", str(n), "--prompt-ids", ids_arg(case["prompt_ids"])]
             if guided:
                 args += ["--base-prompt-ids", ids_arg(case["base_ids"]), "--lambda", str(lam)]
@@ -120,11 +126,30 @@ def main():
             good = got == want
             ok += good
             print(f"{'ok  ' if good else 'FAIL'} {name} {what}: rear {got} transformers {want}")
+        for case in g.get("beam", []):
+            # Plain beam search (no base context) against transformers' num_beams=B sequences and
+            # scores recorded in golden.json (EOS ignored, length_penalty 1).
+            total += 1
+            b, n = case["num_beams"], case["max_new_tokens"]
+            rc, out, err = rear(a.rear, "generate", "--model", d, "--device", REAR_DEVICE, "--json",
+                                "--ignore-eos", "--algo", "beam", "--beams", str(b),
+                                "--max-new-tokens", str(n), "--prompt-ids", ids_arg(case["prompt_ids"]))
+            if rc != 0:
+                print(f"FAIL {name} beam B={b}: rear exit {rc}: {err}")
+                continue
+            cands = [json.loads(line) for line in out.splitlines()]
+            got, want = [c["token_ids"] for c in cands], case["sequences"]
+            worst = max(abs(c["score"] - w) for c, w in zip(cands, case["sequence_logprobs"]))
+            good = got == want and worst <= 10 * t
+            ok += good
+            seqs = "equal" if got == want else f"rear {got} transformers {want}"
+            print(f"{'ok  ' if good else 'FAIL'} {name} beam B={b}: sequences {seqs}, "
+                  f"max |Δ score| {worst:.2e}")
         del model
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
     where = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-    print(f"PARITY: {ok}/{total} cases ok (rear --device {DEVICE} vs transformers on {where})")
+    print(f"PARITY: {ok}/{total} cases ok (rear --device {REAR_DEVICE} vs transformers on {where})")
     sys.exit(0 if ok == total else 1)
 
 

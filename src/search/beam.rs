@@ -7,8 +7,8 @@
 //! live beams compete; the best `B` are returned). Without EOS and with one context this is HF's
 //! `num_beams=B` search exactly.
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Candidate, Choice, Hyp, PickMode, PickRequest,
-    PickSpec, Prefill, Search, SearchParams, Want,
+    pending_wants, prefill_wants, row_states, sort_best_first, Candidate, Choice, Hyp, PickMode,
+    PickRequest, PickSpec, Prefill, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
 use crate::error::{Error, Result};
@@ -147,12 +147,7 @@ impl Search for Beam {
     fn pick(&self) -> PickRequest {
         let rows = match &self.root {
             Some((root, _)) => vec![root.row_state(0)],
-            None => self
-                .live
-                .iter()
-                .enumerate()
-                .map(|(g, h)| h.row_state(g))
-                .collect(),
+            None => row_states(self.live.iter()),
         };
         PickRequest {
             spec: self.spec.clone(),

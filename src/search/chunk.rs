@@ -7,8 +7,8 @@
 //! search ends when every kept beam has finished. Continuation `j` of beam rank `b` in round `r`
 //! samples from random stream `r·B·M + b·M + j`, so a seed reproduces the same tree.
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Candidate, Choice, Hyp, PickMode, PickRequest,
-    PickSpec, Prefill, RowState, Search, SearchParams, Want,
+    pending_wants, prefill_wants, row_states, sort_best_first, Candidate, Choice, Hyp, PickMode,
+    PickRequest, PickSpec, Prefill, RowState, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
 use crate::error::{Error, Result};
@@ -125,13 +125,7 @@ impl Search for Chunk {
                     })
                 })
                 .collect(),
-            None => self
-                .growing
-                .iter()
-                .filter(|h| self.in_chunk(h))
-                .enumerate()
-                .map(|(g, h)| h.row_state(g))
-                .collect(),
+            None => row_states(self.growing.iter().filter(|h| self.in_chunk(h))),
         };
         PickRequest {
             spec: self.spec.clone(),

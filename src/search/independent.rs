@@ -3,8 +3,8 @@
 //! first (pref) context at temperature T with top-k/top-p, each scored by S in the same pass,
 //! returned best first). All share the prompt's cache blocks after one prefill.
 use super::{
-    pending_wants, prefill_wants, sort_best_first, Algo, Candidate, Choice, Hyp, PickMode,
-    PickRequest, PickSpec, Prefill, Search, SearchParams, Want,
+    pending_wants, prefill_wants, row_states, sort_best_first, Algo, Candidate, Choice, Hyp,
+    PickMode, PickRequest, PickSpec, Prefill, Search, SearchParams, Want,
 };
 use crate::engine::StepApi;
 use crate::error::{Error, Result};
@@ -65,13 +65,7 @@ impl Search for Independent {
                     st
                 })
                 .collect(),
-            None => self
-                .hyps
-                .iter()
-                .filter(|h| h.pending && h.finish.is_none())
-                .enumerate()
-                .map(|(g, h)| h.row_state(g))
-                .collect(),
+            None => row_states(self.hyps.iter().filter(|h| h.pending && h.finish.is_none())),
         };
         PickRequest {
             spec: self.spec.clone(),

@@ -353,6 +353,11 @@ pub(crate) fn pending_wants<'a>(hyps: impl Iterator<Item = &'a Hyp>, out: &mut V
     }
 }
 
+/// Pick states of `hyps`, one row group each, in order.
+pub(crate) fn row_states<'a>(hyps: impl Iterator<Item = &'a Hyp>) -> Vec<RowState> {
+    hyps.enumerate().map(|(g, h)| h.row_state(g)).collect()
+}
+
 pub(crate) fn prefill_wants(root: &Hyp, prefill: &Prefill, out: &mut Vec<Want>) {
     for (s, t) in root.seqs.iter().zip(&prefill.tokens) {
         out.push(Want {
