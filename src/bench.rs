@@ -319,18 +319,20 @@ pub fn random_checkpoint(shape: &Shape, cache: &Path) -> Result<PathBuf> {
 /// The GPU's device-to-device copy bandwidth over a buffer as large as the weights (within
 /// [64 MiB, 2 GiB]), best of three runs of 10 copies; `read` is set to the same figure (a decode
 /// step streams the weights from HBM at about the copy rate).
-fn device_bandwidth(bytes: usize) -> Result<Bandwidth> {
+/// Also returns the device's description.
+fn device_bandwidth(bytes: usize) -> Result<(Bandwidth, String)> {
     let bytes = bytes.clamp(64 << 20, 2 << 30);
     let b = crate::backend::cuda::CudaBackend::new(0)?;
     let mut best = 0f64;
     for _ in 0..3 {
         best = best.max(b.copy_bandwidth(bytes, 10)?);
     }
-    Ok(Bandwidth {
+    let bw = Bandwidth {
         bytes,
         copy: best,
         read: best,
-    })
+    };
+    Ok((bw, b.describe()))
 }
 
 /// Bandwidth measured by the probe, bytes/s.
@@ -757,7 +759,7 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
         engine: EngineOptions::default(),
     };
     let mut rear = Rear::load(&path, &opts)?;
-    let device_name = match (device, rear.device_notice()) {
+    let mut device_name = match (device, rear.device_notice()) {
         (Device::Cpu, _) => "cpu".to_string(),
         (Device::Cuda, _) => "cuda".to_string(),
         // `auto` says why when it falls back to the CPU.
@@ -766,9 +768,12 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
     };
     let on_cuda = device_name.starts_with("cuda");
     // The floor is taken against the memory the weights live in: host RAM, or the GPU's HBM.
-    let probe = |bytes: usize| -> Result<Bandwidth> {
+    let mut gpu = None;
+    let mut probe = |bytes: usize| -> Result<Bandwidth> {
         if on_cuda {
-            device_bandwidth(bytes)
+            let (bw, desc) = device_bandwidth(bytes)?;
+            gpu = Some(desc);
+            Ok(bw)
         } else {
             Ok(probe_bandwidth(bytes, probe_reps))
         }
@@ -839,6 +844,9 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
         }
     }
     let bw2 = probe(weight_bytes)?;
+    if let Some(desc) = gpu {
+        device_name = format!("{device_name}: {desc}");
+    }
     bw.copy = bw.copy.max(bw2.copy);
     bw.read = bw.read.max(bw2.read);
 
@@ -903,14 +911,16 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
 pub fn format_table(r: &BenchReport) -> String {
     let mut s = String::new();
     let gb = |b: f64| b / 1e9;
+    let device = if r.device.starts_with("cuda") {
+        r.device.clone()
+    } else {
+        format!("{} ({}), {} threads", r.device, r.cpu_isa, r.threads)
+    };
     s += &format!(
-        "model    {}\n         {:.1}M parameters, weights {}; device {} ({}), {} threads\n",
+        "model    {}\n         {:.1}M parameters, weights {}; device {device}\n",
         r.model,
         r.parameters as f64 / 1e6,
         r.weight_dtypes.join("/"),
-        r.device,
-        r.cpu_isa,
-        r.threads
     );
     s += &format!(
         "memory   {:.1} MB of weights read per step; probe over {} MB: copy {:.1} GB/s, read {:.1} GB/s\n",
