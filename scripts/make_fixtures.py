@@ -1776,8 +1776,208 @@ def make_spm_goldens():
         print(f"{os.path.basename(path)}: {os.path.getsize(path)} bytes, class {golden['class']}")
 
 
+# ----------------------------------------------------------------------------------------------
+# 7. GGUF K-quants and Q5_0 / Q5_1 (python3 scripts/make_fixtures.py --gguf-quants). Needs gguf,
+#    numpy, transformers, torch and accelerate. Leaves every other fixture alone.
+# ----------------------------------------------------------------------------------------------
+#
+#   tests/fixtures/gguf/quant_blocks.json   per type (Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): a
+#       few blocks of random bytes whose f16 scale fields are set to finite values (normal, negative,
+#       zero, subnormal, large), as hex, and the f32 bit patterns of gguf.quants.dequantize
+#       (src/model/gguf/quants.rs unit tests, bit-exact)
+#   tests/fixtures/gguf/tiny_llama_kquant.gguf, tiny_llama_kquant_golden.json   a tiny llama
+#       (hidden 256, inter 512: K-quant rows are multiples of 256) whose matrices are random blocks
+#       of the new types (scales chosen so that the values have std ~2/sqrt(row length), mean ~0), norms F32,
+#       the shared tokenizer as in tiny_llama.gguf; goldens from transformers loading the file
+# gguf-py can only dequantize the K-quants (it has no quantizer for them), hence random blocks:
+# transformers sees exactly the bytes rear sees.
+
+# (byte offset, "d" | "m") of each f16 field per type: d = the scale, m = the min (Q5_1: additive
+# min; K-quants: dmin, subtracted).
+QUANT_F16_FIELDS = {
+    "Q5_0": [(0, "d")],
+    "Q5_1": [(0, "d"), (2, "m")],
+    "Q2_K": [(80, "d"), (82, "m")],
+    "Q3_K": [(108, "d")],
+    "Q4_K": [(0, "d"), (2, "m")],
+    "Q5_K": [(0, "d"), (2, "m")],
+    "Q6_K": [(208, "d")],
+}
+# min = MIN_RATIO · d centres the values: Q5_1 x = d·q + m with q uniform 0..31; K-quants subtract
+# dmin·mn with mn uniform like the scales, so dmin = mean(q)·d.
+QUANT_MIN_RATIO = {"Q5_1": -15.5, "Q2_K": 1.5, "Q4_K": 7.5, "Q5_K": 15.5}
+
+
+def random_quant_blocks(rng, type_name, n_blocks, d):
+    """n_blocks random blocks of `type_name` (uint8 [n_blocks, type_size]) with the f16 scale of
+    block i set to d[i] and its min to QUANT_MIN_RATIO · d[i]."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+
+    _, type_size = GGML_QUANT_SIZES[Q[type_name]]
+    b = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    d = np.asarray(d, dtype=np.float32)
+    for off, kind in QUANT_F16_FIELDS[type_name]:
+        v = d if kind == "d" else d * np.float32(QUANT_MIN_RATIO[type_name])
+        b[:, off:off + 2] = v.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    assert np.isfinite(b[:, QUANT_F16_FIELDS[type_name][0][0]:][:, :2].copy().view(np.float16)).all()
+    return b
+
+
+def write_quant_blocks():
+    import numpy as np
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    rng = np.random.default_rng(5151)
+    cases = []
+    for name in QUANT_F16_FIELDS:
+        # Scales: ordinary, negative, zero, an f16 subnormal, a large one.
+        d = [0.0123, -0.5, 0.0, 3.0e-6, 1000.0]
+        blocks = random_quant_blocks(rng, name, len(d), d)
+        deq = gguf.quants.dequantize(blocks.reshape(-1), Q[name])
+        assert deq.dtype == np.float32 and np.isfinite(deq).all(), name
+        cases.append({"type": name, "ggml_type": int(Q[name]), "n_blocks": len(d),
+                      "hex": blocks.tobytes().hex(), "bits": f32_bits(deq)})
+    path = os.path.join(GGUF_DIR, "quant_blocks.json")
+    write_golden(path, {"generator": "gguf.quants.dequantize", "cases": cases})
+    print(f"quant_blocks.json: {os.path.getsize(path)} bytes, {len(cases)} types")
+
+
+KQ = dict(hidden=256, inter=512, layers=2, heads=4, kv_heads=2, head_dim=64, ctx=256, theta=10000.0, eps=1e-5)
+# Tensor type per (layer, GGUF name): each new type at least twice, plus an old one; token_embd
+# Q4_K and output Q6_K as in llama.cpp's Q4_K_M files.
+KQ_TYPES = [
+    {"attn_q": "Q4_K", "attn_k": "Q5_K", "attn_v": "Q6_K", "attn_output": "Q3_K",
+     "ffn_gate": "Q2_K", "ffn_up": "Q5_0", "ffn_down": "Q5_1"},
+    {"attn_q": "Q5_1", "attn_k": "Q2_K", "attn_v": "Q4_K", "attn_output": "Q5_K",
+     "ffn_gate": "Q6_K", "ffn_up": "Q3_K", "ffn_down": "Q5_0"},
+]
+
+
+def random_quant_tensor(rng, type_name, shape):
+    """Random blocks for an HF-order [rows, row_len] tensor whose dequantized values have std about
+    2/sqrt(row_len) (a gain of ~2 per matrix, as the tiny llama's N(0, 0.3) at 64; larger weights
+    make activations so large that float32 rounding noise approaches the tests' tolerance; the
+    per-block scale varies by exp(0.25·N)), as uint8 [rows, row_bytes]."""
+    import numpy as np
+    import gguf
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+
+    qt = Q[type_name]
+    block, _ = GGML_QUANT_SIZES[qt]
+    rows, n = shape
+    assert n % block == 0
+    std = 2.0 / n ** 0.5
+    nb = rows * n // block
+    # Unit-scale blocks tell the value std per unit of d.
+    unit = gguf.quants.dequantize(random_quant_blocks(np.random.default_rng(1), type_name, 64, np.ones(64)).reshape(-1), qt)
+    d = std / float(unit.std()) * np.exp(0.25 * rng.standard_normal(nb))
+    b = random_quant_blocks(rng, type_name, nb, d)
+    return b.reshape(rows, -1)
+
+
+def write_kquant_llama_gguf(seed):
+    import numpy as np
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    c = KQ
+    V = TOK.get_vocab_size()
+    rng = np.random.default_rng(seed)
+    path = os.path.join(GGUF_DIR, "tiny_llama_kquant.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_string("general.name", "rear tiny llama k-quants")
+    w.add_uint32("llama.context_length", c["ctx"])
+    w.add_uint32("llama.embedding_length", c["hidden"])
+    w.add_uint32("llama.block_count", c["layers"])
+    w.add_uint32("llama.feed_forward_length", c["inter"])
+    w.add_uint32("llama.rope.dimension_count", c["head_dim"])
+    w.add_uint32("llama.attention.head_count", c["heads"])
+    w.add_uint32("llama.attention.head_count_kv", c["kv_heads"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", c["eps"])
+    w.add_float32("llama.rope.freq_base", c["theta"])
+    w.add_uint32("llama.vocab_size", V)
+    w.add_uint32("general.file_type", 15)  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    gguf_tokenizer_kv(w, TOK, "llama-bpe", True, "<|begin_of_text|>", "<|im_end|>", "<|endoftext|>",
+                      LLAMA3_TEMPLATE, user_defined=("<start_of_turn>",))
+    H, I, hd = c["hidden"], c["inter"], c["head_dim"]
+    shapes = {"attn_q": (c["heads"] * hd, H), "attn_k": (c["kv_heads"] * hd, H), "attn_v": (c["kv_heads"] * hd, H),
+              "attn_output": (H, c["heads"] * hd), "ffn_gate": (I, H), "ffn_up": (I, H), "ffn_down": (H, I)}
+    norm = lambda: (1.0 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    tensors = [("token_embd.weight", (V, H), "Q4_K")]
+    for i in range(c["layers"]):
+        tensors.append((f"blk.{i}.attn_norm.weight", norm(), "F32"))
+        for gname, shape in shapes.items():
+            tensors.append((f"blk.{i}.{gname}.weight", shape, KQ_TYPES[i][gname]))
+        tensors.append((f"blk.{i}.ffn_norm.weight", norm(), "F32"))
+    tensors.append(("output_norm.weight", norm(), "F32"))
+    tensors.append(("output.weight", (V, H), "Q6_K"))
+    for name, x, t in tensors:
+        if t == "F32":
+            w.add_tensor(name, x)
+        else:
+            w.add_tensor(name, random_quant_tensor(rng, t, x), raw_dtype=Q[t])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # The gguf package reads the types back.
+    r = gguf.GGUFReader(path)
+    assert {t.name: t.tensor_type.name for t in r.tensors}["blk.0.attn_q.weight"] == "Q4_K"
+    return path
+
+
+def make_kquant_llama_golden():
+    global NEVER_EOS
+    NEVER_EOS = TOK.get_vocab_size() + 1000
+    for attempt in range(50):
+        seed = 9009 + attempt
+        path = write_kquant_llama_gguf(seed)
+        model, tok = load_gguf_hf(path)
+        assert model.config.hidden_size == KQ["hidden"] and model.config.intermediate_size == KQ["inter"]
+        enc = lambda t, sp=True: tok(t, add_special_tokens=sp)["input_ids"]
+        pA, bA = pref_base_ids(tok, "Talk like a pirate.", "Tell me about France.")
+        resp = enc(" the crew found a chest of gold coins in Paris.", False)[:20]
+        cases = {
+            "logprobs": [(enc("The pirate ship sailed to France and"), resp), (pA, resp)],
+            "greedy": [(bA, 24, True), (enc("Once upon a time, the pirate"), 16, True)],
+            "cfg": [(pA, bA, 3.0, 12)],
+        }
+        out, gaps = gguf_model_goldens(model, tok, cases, [tok.eos_token_id])
+        if min(gaps) > SEARCH_GAP:
+            break
+        print(f"tiny_llama_kquant: seed {seed} rejected: min gap {min(gaps):.6f}")
+    else:
+        sys.exit("tiny_llama_kquant: no seed found")
+    # transformers' weights are gguf.quants.dequantize of the file's bytes (q/k un-permuted).
+    r = __import__("gguf").GGUFReader(path)
+    raw = {t.name: t for t in r.tensors}
+    import numpy as np
+    from gguf.quants import dequantize
+    emb = dequantize(raw["token_embd.weight"].data, raw["token_embd.weight"].tensor_type)
+    assert np.array_equal(emb, model.model.embed_tokens.weight.detach().numpy())
+    golden = {"model": "tiny_llama_kquant.gguf", "seed": seed, "min_gap": min(gaps), "num_gap_checks": len(gaps),
+              "types": {t.name: t.tensor_type.name for t in r.tensors},
+              "transformers_version": transformers.__version__, "torch_version": torch.__version__}
+    golden.update(out)
+    write_golden(os.path.join(GGUF_DIR, "tiny_llama_kquant_golden.json"), golden)
+    print(f"tiny_llama_kquant.gguf: {os.path.getsize(path)} bytes, seed {seed}, min_gap {min(gaps):.5f}")
+
+
+def main_gguf_quants():
+    global TOK
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    os.makedirs(GGUF_DIR, exist_ok=True)
+    TOK = train_base_tokenizer()
+    write_quant_blocks()
+    make_kquant_llama_golden()
+
+
 if __name__ == "__main__":
-    if "--gguf-spm" in sys.argv[1:]:
+    if "--gguf-quants" in sys.argv[1:]:
+        main_gguf_quants()
+    elif "--gguf-spm" in sys.argv[1:]:
         make_spm_goldens()
     elif "--gguf" in sys.argv[1:]:
         main_gguf(sys.argv[1:])

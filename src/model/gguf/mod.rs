@@ -1,6 +1,7 @@
 //! GGUF files (v2 and v3, the `llama` architecture): header, metadata and tensor table parsed
 //! over a memory map with checked arithmetic; tensors handed over as stored (F32, F16, BF16, Q8_0,
-//! Q4_0, Q4_1) under their Hugging Face names and in HF's `[out, in]` order; the config from the
+//! Q4_0, Q4_1) or dequantized to f32 at load as gguf-py does it (Q5_0, Q5_1, Q2_K … Q6_K) under
+//! their Hugging Face names and in HF's `[out, in]` order; the config from the
 //! `llama.*` keys; the tokenizer rebuilt from `tokenizer.ggml.*` the way transformers'
 //! `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds it; the chat template from
 //! `tokenizer.chat_template`.
@@ -12,20 +13,26 @@
 //!
 //! This file holds the loader entry points: [`load_model`] and the config from the `llama.*` keys.
 //! The parts: `parse` (the header, metadata and tensor table reader), `meta` (metadata values and
-//! typed access to them), `names` (tensor names and the q/k un-permutation), `tokenizer` (the
-//! tokenizer and chat template from metadata), `spm` (the SentencePiece kind of tokenizer).
+//! typed access to them), `names` (tensor names and the q/k un-permutation), `quants` (the
+//! dequantizers of the K-quants and Q5_0 / Q5_1), `tokenizer` (the tokenizer and chat template
+//! from metadata), `spm` (the SentencePiece kind of tokenizer).
 //!
 //! A file whose tokenizer kind rear cannot convert still loads, without a tokenizer: token ids
 //! work, and text input fails with [`no_tokenizer_reason`]'s line.
 mod meta;
 mod names;
 mod parse;
+mod quants;
 mod spm;
 mod tokenizer;
 
 pub use meta::{MetaArray, MetaValue};
 pub use names::{gguf_tensor_name, hf_tensor_name, hf_tensors, unpermute_qk_rows};
-pub use parse::{dtype_from_ggml, ggml_type_of, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, MAGIC};
+pub use parse::{
+    dtype_from_ggml, ggml_type_of, stored_type_from_ggml, GgufFile, StoredType, TensorInfo,
+    DEFAULT_ALIGNMENT, MAGIC,
+};
+pub use quants::{dequantize, QuantType};
 pub use tokenizer::{
     chat_template_from_gguf, pre_tokenizer_split, tokenizer_from_gguf, unsupported_tokenizer,
     SUPPORTED_TOKENIZERS,

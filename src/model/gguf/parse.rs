@@ -1,6 +1,6 @@
 //! The GGUF reader: header, metadata and tensor table parsed over the file's bytes (a memory map
-//! or an owned buffer) with checked arithmetic, GGML tensor type ids, and [`GgufFile`]'s tensor
-//! access.
+//! or an owned buffer) with checked arithmetic, GGML tensor type ids (kept as stored, or
+//! dequantized to f32 at load: see [`StoredType`]), and [`GgufFile`]'s tensor access.
 //!
 //! Layout (all little-endian):
 //! ```text
@@ -11,6 +11,7 @@
 //! string = u64:len bytes; array = u32:elem_type u64:count elements
 //! ```
 use super::meta::{MetaArray, MetaValue};
+use super::quants::{self, QuantType};
 use crate::error::{Error, Result};
 use crate::model::tensor::{Backing, DType, HostTensor};
 use memmap2::Mmap;
@@ -67,23 +68,83 @@ fn ggml_type_name(id: u32) -> Option<&'static str> {
     })
 }
 
-/// The storage type of a GGML type id, or an error message naming it.
-pub fn dtype_from_ggml(id: u32) -> std::result::Result<DType, String> {
-    match id {
-        0 => Ok(DType::F32),
-        1 => Ok(DType::F16),
-        2 => Ok(DType::Q4_0),
-        3 => Ok(DType::Q4_1),
-        8 => Ok(DType::Q8_0),
-        30 => Ok(DType::BF16),
-        other => Err(match ggml_type_name(other) {
-            Some(n) => format!(
-                "type {n} (ggml type {other}), which rear does not support \
-                 (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
-            ),
-            None => format!("unknown ggml type id {other}"),
-        }),
+/// How a GGUF tensor's type is held once loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredType {
+    /// Kept as stored; the backends decode it inside their matrix products.
+    Native(DType),
+    /// Dequantized to an f32 tensor at load (the K-quants, Q5_0, Q5_1).
+    Dequantized(QuantType),
+}
+
+impl StoredType {
+    /// The GGML name of the type in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredType::Native(d) => d.name(),
+            StoredType::Dequantized(q) => q.name(),
+        }
     }
+
+    /// Elements per block in the file.
+    pub fn block_elems(self) -> usize {
+        match self {
+            StoredType::Native(d) => d.block_elems(),
+            StoredType::Dequantized(q) => q.block_elems(),
+        }
+    }
+
+    /// Bytes `n` elements take in the file, or `None` when `n` is not a whole number of blocks or
+    /// the size overflows.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        match self {
+            StoredType::Native(d) => d.bytes_for(n),
+            StoredType::Dequantized(q) => q.bytes_for(n),
+        }
+    }
+
+    /// The type the tensor is handed over as ([`DType::F32`] for a dequantized one).
+    pub fn dtype(self) -> DType {
+        match self {
+            StoredType::Native(d) => d,
+            StoredType::Dequantized(_) => DType::F32,
+        }
+    }
+}
+
+/// The GGML types rear loads, for messages.
+const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+
+/// How a GGML type id is held once loaded, or an error message naming it.
+pub fn stored_type_from_ggml(id: u32) -> std::result::Result<StoredType, String> {
+    let native = match id {
+        0 => DType::F32,
+        1 => DType::F16,
+        2 => DType::Q4_0,
+        3 => DType::Q4_1,
+        8 => DType::Q8_0,
+        30 => DType::BF16,
+        other => {
+            if let Some(q) = QuantType::from_ggml(other) {
+                return Ok(StoredType::Dequantized(q));
+            }
+            return Err(match ggml_type_name(other) {
+                Some(n) => format!(
+                    "type {n} (ggml type {other}), which rear does not support \
+                     (supported: {SUPPORTED_TYPES})"
+                ),
+                None => format!("unknown ggml type id {other}"),
+            });
+        }
+    };
+    Ok(StoredType::Native(native))
+}
+
+/// The type a tensor of a GGML type id is handed over as (F32 for the types dequantized at
+/// load), or an error message naming the type.
+pub fn dtype_from_ggml(id: u32) -> std::result::Result<DType, String> {
+    stored_type_from_ggml(id).map(StoredType::dtype)
 }
 
 /// The GGML type id of a storage type.
@@ -102,11 +163,15 @@ pub fn ggml_type_of(d: DType) -> u32 {
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub name: String,
+    /// The type as handed over by [`GgufFile::tensor`] (F32 for a dequantized type).
     pub dtype: DType,
+    /// The type in the file.
+    pub stored: StoredType,
     /// GGUF order: `ne0` (fastest-varying, the row length) first.
     pub dims: Vec<usize>,
     /// Offset from the start of the data section.
     pub offset: usize,
+    /// Bytes in the file.
     pub nbytes: usize,
 }
 
@@ -445,7 +510,8 @@ impl GgufFile {
                 dims.push(ne);
             }
             let ty = r.u32(&|| format!("type of {}", what())).map_err(err)?;
-            let dtype = dtype_from_ggml(ty).map_err(|m| err(format!("{} has {m}", what())))?;
+            let stored =
+                stored_type_from_ggml(ty).map_err(|m| err(format!("{} has {m}", what())))?;
             let offset = r
                 .u64(&|| format!("data offset of {}", what()))
                 .map_err(err)?;
@@ -458,20 +524,20 @@ impl GgufFile {
                         what()
                     ))
                 })?;
-            if dims[0] % dtype.block_elems() != 0 {
+            if dims[0] % stored.block_elems() != 0 {
                 return Err(err(format!(
                     "{} has row length ne0 = {} that is not a multiple of the {} block size {}",
                     what(),
                     dims[0],
-                    dtype.name(),
-                    dtype.block_elems()
+                    stored.name(),
+                    stored.block_elems()
                 )));
             }
-            let nbytes = dtype.bytes_for(numel).ok_or_else(|| {
+            let nbytes = stored.bytes_for(numel).ok_or_else(|| {
                 err(format!(
                     "{} of {numel} {} elements overflows in bytes",
                     what(),
-                    dtype.name()
+                    stored.name()
                 ))
             })?;
             let offset = usize::try_from(offset).map_err(|_| {
@@ -488,7 +554,8 @@ impl GgufFile {
             }
             infos.push(TensorInfo {
                 name,
-                dtype,
+                dtype: stored.dtype(),
+                stored,
                 dims,
                 offset,
                 nbytes,
@@ -558,8 +625,9 @@ impl GgufFile {
         self.tensor_index.contains_key(name)
     }
 
-    /// A tensor by its GGUF name, as stored (a view of the map), with the HF-order shape (the
-    /// GGUF dims reversed: a `[ne0 = in, ne1 = out]` matrix is `[out, in]`).
+    /// A tensor by its GGUF name, as stored (a view of the map) or, for a type rear dequantizes at
+    /// load, as an owned f32 tensor; with the HF-order shape (the GGUF dims reversed: a
+    /// `[ne0 = in, ne1 = out]` matrix is `[out, in]`).
     pub fn tensor(&self, name: &str) -> Result<HostTensor> {
         let t = self
             .tensor_index
@@ -570,13 +638,28 @@ impl GgufFile {
     }
 
     pub(super) fn host_tensor(&self, t: &TensorInfo, as_name: &str) -> Result<HostTensor> {
-        // The table was checked in `parse`, so this cannot fail; keep the error path anyway.
+        // The table was checked in `parse`, so this cannot fail; keep the error paths anyway.
+        let start = self.data_start + t.offset;
+        if let StoredType::Dequantized(q) = t.stored {
+            let bytes: &[u8] = match &self.backing {
+                Backing::Mmap(m) => m,
+                Backing::Owned(v) => v,
+            };
+            let fail = |m: String| self.err(format!("tensor `{}` ({}): {m}", t.name, q.name()));
+            let raw = start
+                .checked_add(t.nbytes)
+                .and_then(|end| bytes.get(start..end))
+                .ok_or_else(|| fail("data runs past the end of the file".into()))?;
+            let f32_bytes = quants::dequantize_to_le_bytes(q, raw).map_err(fail)?;
+            return HostTensor::from_bytes(as_name, DType::F32, t.shape(), f32_bytes)
+                .map_err(|e| fail(e.to_string()));
+        }
         HostTensor::new(
             as_name,
             t.dtype,
             t.shape(),
             self.backing.clone(),
-            self.data_start + t.offset,
+            start,
             t.nbytes,
         )
         .map_err(|e| self.err(format!("tensor `{}`: {e}", t.name)))
