@@ -1928,6 +1928,19 @@ def write_kquant_llama_gguf(seed):
     return path
 
 
+def weight_digests(model):
+    """Per HF parameter, the float32 values' bit patterns b_i as [sum b_i, sum (i+1)·b_i] mod 2^64:
+    a cheap exact fingerprint of transformers' weights (value and position) for rear to match."""
+    import numpy as np
+
+    out = {}
+    for name, p in model.state_dict().items():
+        b = p.detach().float().contiguous().numpy().reshape(-1).view(np.uint32).astype(np.uint64)
+        i = np.arange(1, b.size + 1, dtype=np.uint64)
+        out[name] = [str(int(b.sum(dtype=np.uint64))), str(int((b * i).sum(dtype=np.uint64)))]
+    return out
+
+
 def make_kquant_llama_golden():
     global NEVER_EOS
     NEVER_EOS = TOK.get_vocab_size() + 1000
@@ -1959,6 +1972,7 @@ def make_kquant_llama_golden():
     assert np.array_equal(emb, model.model.embed_tokens.weight.detach().numpy())
     golden = {"model": "tiny_llama_kquant.gguf", "seed": seed, "min_gap": min(gaps), "num_gap_checks": len(gaps),
               "types": {t.name: t.tensor_type.name for t in r.tensors},
+              "weight_digests": weight_digests(model),
               "transformers_version": transformers.__version__, "torch_version": torch.__version__}
     golden.update(out)
     write_golden(os.path.join(GGUF_DIR, "tiny_llama_kquant_golden.json"), golden)

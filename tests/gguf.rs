@@ -5,7 +5,7 @@
 //! Fixtures: `python3 scripts/make_fixtures.py --gguf` (see tests/fixtures/README.md).
 use rear::api::{LoadOptions, Rear};
 use rear::model::chat::{Message, PreferenceIn};
-use rear::model::gguf::{GgufFile, MetaArray, MetaValue};
+use rear::model::gguf::{GgufFile, MetaArray, MetaValue, QuantType, StoredType};
 use rear::rear::Mixture;
 use rear::search::{Algo, FinishReason, Prompt, SearchParams};
 use serde_json::Value;
@@ -408,8 +408,21 @@ fn malformed_files_are_clear_errors() {
     // Tensor types: unknown, and known but unsupported.
     let m = load_error(&dir, "unknown_type", &mutate(&|b| put_u32(b, ty0, 99)));
     expect(&m, &["tensor `t_f32`", "unknown ggml type id 99"]);
-    let m = load_error(&dir, "unsupported_type", &mutate(&|b| put_u32(b, ty0, 12)));
-    expect(&m, &["tensor `t_f32`", "Q4_K", "not support"]);
+    for (ty, name) in [(23, "IQ4_XS"), (34, "TQ1_0"), (9, "Q8_1")] {
+        let m = load_error(&dir, "unsupported_type", &mutate(&|b| put_u32(b, ty0, ty)));
+        expect(&m, &["tensor `t_f32`", name, "not support", "Q4_K", "Q6_K"]);
+        assert_eq!(m.lines().count(), 1, "{m}");
+    }
+    // A type dequantized at load, on rows that are not whole blocks (t_f32 rows are 8 long).
+    let m = load_error(&dir, "kquant_short_rows", &mutate(&|b| put_u32(b, ty0, 12)));
+    expect(
+        &m,
+        &[
+            "tensor `t_f32`",
+            "ne0 = 8",
+            "not a multiple of the Q4_K block size 256",
+        ],
+    );
 
     // A well-formed file of another architecture.
     let m = load_error(&dir, "model_unknown_arch", &good);
@@ -1118,5 +1131,88 @@ fn malformed_sentencepiece_metadata_is_a_clear_error() {
             .to_string();
         assert!(e.contains("tokenizer.ggml.scores"), "{e}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ------------------------------------------------------------------------------------------------
+// K-quants, Q5_0 and Q5_1 (dequantized to f32 at load)
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn kquant_tiny_llama_gguf_matches_transformers() {
+    let path = fixture("gguf/tiny_llama_kquant.gguf");
+    let g = json(&fixture("gguf/tiny_llama_kquant_golden.json"));
+    assert!(g["min_gap"].as_f64().unwrap() >= 1e-3, "golden argmax gaps");
+    let file = GgufFile::open(&path).unwrap();
+    let types = g["types"].as_object().unwrap();
+    assert_eq!(file.tensor_infos().len(), types.len());
+    let mut seen = Vec::new();
+    for t in file.tensor_infos() {
+        assert_eq!(
+            t.stored.name(),
+            types[&t.name].as_str().unwrap(),
+            "{}",
+            t.name
+        );
+        if let StoredType::Dequantized(q) = t.stored {
+            // Handed over as f32, the file's bytes counted as stored.
+            assert_eq!(t.dtype.name(), "F32");
+            assert_eq!(Some(t.nbytes), q.bytes_for(t.dims.iter().product()));
+            let h = file.tensor(&t.name).unwrap();
+            assert_eq!(h.dtype.name(), "F32");
+            assert_eq!(h.shape, t.shape());
+            seen.push(q);
+        }
+    }
+    for q in QuantType::ALL {
+        assert!(seen.contains(&q), "the fixture has no {} tensor", q.name());
+    }
+    // Every weight (HF names, q/k un-permuted) is bit for bit transformers' (gguf-py's
+    // dequantization): [Σ b_i, Σ (i+1)·b_i] mod 2^64 over the f32 bit patterns.
+    let cfg = rear::model::gguf::config_from_gguf(&file).unwrap();
+    let tensors = rear::model::gguf::hf_tensors(&file, &cfg).unwrap();
+    let digests = g["weight_digests"].as_object().unwrap();
+    assert_eq!(tensors.len(), digests.len());
+    for (name, want) in digests {
+        let (mut sum, mut weighted) = (0u64, 0u64);
+        for (i, x) in tensors[name].to_f32().iter().enumerate() {
+            let b = x.to_bits() as u64;
+            sum = sum.wrapping_add(b);
+            weighted = weighted.wrapping_add(b.wrapping_mul(i as u64 + 1));
+        }
+        let want: Vec<u64> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(
+            vec![sum, weighted],
+            want,
+            "{name}: weights differ from transformers'"
+        );
+    }
+    let mut r = Rear::load(&path, &LoadOptions::default()).unwrap();
+    let c = r.config().clone();
+    assert_eq!(
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim
+        ),
+        (2, 256, 512, 4, 2, 64)
+    );
+    check_model("tiny_llama_kquant", &mut r, &g, 1e-4);
+}
+
+#[test]
+fn truncated_kquant_file_is_a_clear_error() {
+    let good = std::fs::read(fixture("gguf/tiny_llama_kquant.gguf")).unwrap();
+    let dir = temp_dir("kquant_truncated");
+    let m = load_error(&dir, "kquant_truncated", &good[..good.len() - 300]);
+    expect(&m, &["tensor `output.weight`", "past the end of the file"]);
     std::fs::remove_dir_all(&dir).ok();
 }
