@@ -109,7 +109,7 @@ impl QuantType {
     /// Bytes taken by `n` elements, or `None` when `n` is not a whole number of blocks or the
     /// size overflows.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_elems() != 0 {
+        if !n.is_multiple_of(self.block_elems()) {
             return None;
         }
         (n / self.block_elems()).checked_mul(self.block_bytes())
@@ -124,7 +124,10 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Errors, without writing anything, when the lengths are not whole, matching block counts.
 pub fn dequantize(q: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
     let (be, bb) = (q.block_elems(), q.block_bytes());
-    if bytes.len() % bb != 0 || out.len() % be != 0 || bytes.len() / bb != out.len() / be {
+    if !bytes.len().is_multiple_of(bb)
+        || !out.len().is_multiple_of(be)
+        || bytes.len() / bb != out.len() / be
+    {
         return Err(format!(
             "{} bytes of {} blocks ({bb} bytes per {be} elements) do not fill {} values",
             bytes.len(),
@@ -149,7 +152,7 @@ pub fn dequantize(q: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<(), Str
 /// block, without a second full-size buffer.
 pub fn dequantize_to_le_bytes(q: QuantType, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let (be, bb) = (q.block_elems(), q.block_bytes());
-    if bytes.len() % bb != 0 {
+    if !bytes.len().is_multiple_of(bb) {
         return Err(format!(
             "{} bytes are not a whole number of {} blocks ({bb} bytes)",
             bytes.len(),
