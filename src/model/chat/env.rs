@@ -199,6 +199,20 @@ fn strftime_now(format: &str) -> std::result::Result<Value, minijinja::Error> {
     Ok(Value::from(strftime(format, secs)))
 }
 
+/// Makes `strftime_now` report the fixed UTC unix time `unix_secs` (`None`: the clock again), for
+/// reproducible renders of date-dependent templates.
+pub(super) fn set_clock(env: &mut Environment<'static>, unix_secs: Option<i64>) {
+    match unix_secs {
+        None => env.add_function("strftime_now", strftime_now),
+        Some(t) => env.add_function(
+            "strftime_now",
+            move |format: &str| -> std::result::Result<Value, minijinja::Error> {
+                Ok(Value::from(strftime(format, t)))
+            },
+        ),
+    }
+}
+
 const WEEKDAYS: [&str; 7] = [
     "Monday",
     "Tuesday",

@@ -15,7 +15,7 @@ use minijinja::Environment;
 
 use crate::error::{Error, Result};
 use crate::model::tokenizer::{TextTokenizer, TokenizerConfig};
-use env::{hf_environment, raised_message};
+use env::{hf_environment, raised_message, set_clock};
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -149,6 +149,13 @@ impl ChatTemplate {
             Some(slot) => slot.1 = value.to_string(),
             None => self.vars.push((name.to_string(), value.to_string())),
         }
+    }
+
+    /// Makes `strftime_now` in the template report the fixed UTC unix time `unix_secs` instead of
+    /// the current time (`None` restores the clock): reproducible renders of templates that put
+    /// today's date in the prompt (Llama-3.2, Granite, SmolLM3).
+    pub fn set_fixed_time(&mut self, unix_secs: Option<i64>) {
+        set_clock(&mut self.env, unix_secs);
     }
 
     /// Renders like HF `apply_chat_template(messages, add_generation_prompt=..., tokenize=False)`.
