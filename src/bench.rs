@@ -609,6 +609,9 @@ impl StepApi for Timed<'_> {
     fn used_blocks(&self) -> usize {
         self.inner.used_blocks()
     }
+    fn max_blocks(&self) -> usize {
+        self.inner.max_blocks()
+    }
     fn passes(&self) -> u64 {
         self.inner.passes()
     }
@@ -693,6 +696,12 @@ pub fn run(a: &BenchArgs) -> Result<BenchReport> {
     if threads == 0 {
         return Err(Error::Input("--threads must be at least 1".into()));
     }
+    const MAX_THREADS: usize = 4096;
+    if threads > MAX_THREADS {
+        return Err(Error::Input(format!(
+            "--threads {threads} is too large (at most {MAX_THREADS})"
+        )));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -711,6 +720,12 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
     }
     if !(1..=2).contains(&a.contexts) {
         return Err(Error::Input("--contexts must be 1 or 2".into()));
+    }
+    if !a.lambda.is_finite() {
+        return Err(Error::Input(format!(
+            "--lambda must be a finite number, got {}",
+            a.lambda
+        )));
     }
     let (path, shape) = match (&a.model, &a.shape) {
         (Some(_), Some(_)) => return Err(Error::Input("give --model or --shape, not both".into())),
@@ -748,7 +763,7 @@ fn run_in_pool(a: &BenchArgs, threads: usize) -> Result<BenchReport> {
     let vocab = model.config.vocab_size;
     let max_pos = model.config.max_position_embeddings;
     drop(model);
-    if a.prompt_len + a.new_tokens > max_pos {
+    if a.prompt_len.saturating_add(a.new_tokens) > max_pos {
         return Err(Error::Input(format!(
             "--prompt-len {} plus --new-tokens {} exceeds max_position_embeddings {max_pos}",
             a.prompt_len, a.new_tokens

@@ -46,6 +46,10 @@ pub trait StepApi {
     ) -> Result<()>;
     /// KV blocks currently held (0 once every sequence is freed).
     fn used_blocks(&self) -> usize;
+    /// KV blocks the cache may hold at most (`--kv-cache-mib`).
+    fn max_blocks(&self) -> usize {
+        usize::MAX
+    }
     /// Forward passes run so far.
     fn passes(&self) -> u64;
 }
@@ -96,7 +100,7 @@ impl<B: Backend> Engine<B> {
         let weights = backend.load_weights(cfg, w)?;
         let kv = backend.new_kv(cfg, opts.block_size)?;
         let bytes_per_block = opts.block_size * cfg.kv_dim() * cfg.num_layers * 2 * 4;
-        let max_blocks = (opts.kv_cache_mib << 20) / bytes_per_block.max(1);
+        let max_blocks = opts.kv_cache_mib.saturating_mul(1 << 20) / bytes_per_block.max(1);
         if max_blocks == 0 {
             return Err(Error::Input(format!(
                 "--kv-cache-mib {} holds no block of {} tokens ({} bytes per block)",
@@ -313,6 +317,10 @@ impl<B: Backend> StepApi for Engine<B> {
 
     fn used_blocks(&self) -> usize {
         self.pool.used_blocks()
+    }
+
+    fn max_blocks(&self) -> usize {
+        self.pool.max_blocks()
     }
 
     fn passes(&self) -> u64 {

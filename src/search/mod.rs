@@ -100,7 +100,22 @@ impl Default for SearchParams {
     }
 }
 
+/// Most hypotheses one search keeps at once (`--beams`, `--n`, `--beams × --n` for chunk): a
+/// bound far above any useful width that keeps the per-step buffers of a huge value from
+/// exhausting memory (the KV cache bound in `start` is usually tighter).
+pub const MAX_WIDTH: usize = 1 << 16;
+
 impl SearchParams {
+    /// Hypotheses this search keeps at once (saturating).
+    pub fn width(&self) -> usize {
+        match self.algo {
+            Algo::Greedy => 1,
+            Algo::Sample | Algo::Bon => self.n,
+            Algo::Beam => self.beams,
+            Algo::Chunk => self.beams.saturating_mul(self.n),
+        }
+    }
+
     /// Checks the parameters; errors name the flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(m));
@@ -115,6 +130,17 @@ impl SearchParams {
         }
         if self.algo == Algo::Chunk && self.chunk_tokens == 0 {
             return bad("--chunk-tokens must be at least 1".into());
+        }
+        for (flag, v) in [("--beams", self.beams), ("--n", self.n)] {
+            if v > MAX_WIDTH {
+                return bad(format!("{flag} {v} is too large (at most {MAX_WIDTH})"));
+            }
+        }
+        if self.width() > MAX_WIDTH {
+            return bad(format!(
+                "--beams {} × --n {} is too large (at most {MAX_WIDTH} hypotheses)",
+                self.beams, self.n
+            ));
         }
         let t = self.sampling.temperature;
         if !(t >= 0.0) || !t.is_finite() {
@@ -306,6 +332,17 @@ pub fn start(api: &mut dyn StepApi, prompt: &Prompt, p: &SearchParams) -> Result
                 "prompt token id {t} is outside the vocabulary (size {vocab})"
             )));
         }
+    }
+    // Every kept hypothesis holds at least one block of its own per context.
+    let need = p.width().saturating_mul(prompt.contexts.len());
+    if need > api.max_blocks() {
+        return Err(Error::KvCache(format!(
+            "out of KV cache: {} hypotheses × {} contexts need at least {need} blocks, the cache holds {} \
+             (lower --beams/--n or raise --kv-cache-mib)",
+            p.width(),
+            prompt.contexts.len(),
+            api.max_blocks()
+        )));
     }
     let seqs: Vec<SeqId> = prompt.contexts.iter().map(|_| api.new_seq()).collect();
     let root = Hyp::root(seqs);
