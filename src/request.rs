@@ -146,7 +146,25 @@ impl RequestSpec {
                 "--prompt-ids (a preference needs text: use --prompt)",
             );
         }
+        let finite = |flag: &str, v: &[f32]| match v.iter().find(|x| !x.is_finite()) {
+            Some(bad) => Err(Error::Input(format!(
+                "{flag} must be a finite number, got {bad}"
+            ))),
+            None => Ok(()),
+        };
+        if let Some(l) = &self.lambda {
+            finite("--lambda", &l.to_vec())?;
+        }
+        if let Some(w) = &self.context_weight {
+            finite("--context-weight", w)?;
+        }
         let raw = self.raw.unwrap_or(false);
+        if raw && self.preference_in.is_some() {
+            return conflict(
+                "--raw",
+                "--preference-in (without a chat template the preference goes before the prompt)",
+            );
+        }
         let placement = match self.preference_in.as_deref() {
             None | Some("system") => PreferenceIn::System,
             Some("user") => PreferenceIn::User,
