@@ -125,7 +125,12 @@ impl ModelConfig {
         let mut cfg = Self::from_json(&v)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip(e))))?;
         let gen_path = dir.join("generation_config.json");
-        if let Ok(text) = std::fs::read_to_string(&gen_path) {
+        let gen_text = match std::fs::read_to_string(&gen_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&gen_path, e)),
+        };
+        if let Some(text) = gen_text {
             let g: Value = serde_json::from_str(&text).map_err(|e| {
                 Error::Config(format!("{}: malformed JSON: {e}", gen_path.display()))
             })?;
@@ -210,6 +215,11 @@ impl ModelConfig {
         let max_pos = opt_usize(v, "max_position_embeddings")?.unwrap_or(2048);
         let tie = opt_bool(v, "tie_word_embeddings")?.unwrap_or(false);
         let eps = opt_f64(v, "rms_norm_eps")?.unwrap_or(1e-6);
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(Error::Config(format!(
+                "`rms_norm_eps` must be a non-negative number, got {eps}"
+            )));
+        }
         Ok(ModelConfig {
             arch,
             vocab_size: req_usize(v, "vocab_size")?,
@@ -301,6 +311,11 @@ fn parse_rope(v: &Value) -> Result<(f64, RopeScaling)> {
         Some(t) => t,
         None => opt_f64(v, "rope_theta")?.unwrap_or(10000.0),
     };
+    if !(theta > 0.0 && theta.is_finite()) {
+        return Err(Error::Config(format!(
+            "`rope_theta` must be a positive number, got {theta}"
+        )));
+    }
     let Some(p) = params else {
         return Ok((theta, RopeScaling::Default));
     };

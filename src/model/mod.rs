@@ -56,3 +56,17 @@ impl Model {
         })
     }
 }
+
+/// Whether the optional file `path` of a model directory is there: `false` when nothing is at
+/// that path, an error when something is there but is not a readable file (e.g. a directory).
+pub(crate) fn optional_file(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) => Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

@@ -144,12 +144,18 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let rms_norm_eps = g
         .f64_key(&eps_key)?
         .ok_or_else(|| g.err(format!("metadata key `{eps_key}` is missing")))?;
-    if rms_norm_eps <= 0.0 {
+    if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
         return Err(g.err(format!(
             "metadata key `{eps_key}` is {rms_norm_eps}, expected a positive number"
         )));
     }
     let rope_theta = g.f64_key(&k("rope.freq_base"))?.unwrap_or(10000.0);
+    if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+        return Err(g.err(format!(
+            "metadata key `{}` is {rope_theta}, expected a positive number",
+            k("rope.freq_base")
+        )));
+    }
     let rope_scaling = match g.str_key(&k("rope.scaling.type"))? {
         None | Some("none") => RopeScaling::Default,
         Some("linear") => {

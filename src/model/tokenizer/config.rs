@@ -117,9 +117,10 @@ impl TokenizerConfig {
     pub(super) fn read_model_dir(dir: &Path) -> Result<Option<Self>> {
         let cfg_path = dir.join("tokenizer_config.json");
         let stm_path = dir.join("special_tokens_map.json");
-        let mut cfg = if cfg_path.is_file() {
+        let has_stm = crate::model::optional_file(&stm_path)?;
+        let mut cfg = if crate::model::optional_file(&cfg_path)? {
             Self::from_file(&cfg_path)?
-        } else if stm_path.is_file() {
+        } else if has_stm {
             TokenizerConfig::default()
         } else {
             return Ok(None);

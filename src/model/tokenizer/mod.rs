@@ -89,7 +89,7 @@ impl TextTokenizer {
     /// applied. `Ok(None)` when there is no tokenizer.json.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
+        if !crate::model::optional_file(&path)? {
             return Ok(None);
         }
         let in_dir = |e: Error| match e {
