@@ -1,8 +1,8 @@
 //! Batch mode for research runs: a JSONL file of requests decoded together (continuous
 //! batching: up to `window` requests share every forward pass, a finished one makes room for
 //! the next), results appended to a JSONL file in input order and flushed as soon as they can
-//! be, `--resume` skipping ids already written. A malformed line is reported on stderr with its
-//! line number and does not stop the others.
+//! be, `--resume` skipping ids already written. A malformed line does not stop the others; its
+//! error (with its line number) is kept in the summary, for the caller to report on one line.
 //!
 //! Results are written in input order (a finished result waits only for earlier requests still
 //! in the window), so an interrupted-and-resumed run writes the same file as an uninterrupted
@@ -23,6 +23,10 @@ pub struct BatchSummary {
     pub written: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// One message per failed request (`input:line: ...`), in input order.
+    pub errors: Vec<String>,
+    /// Notices (e.g. a template's system-message fallback), for stderr on success.
+    pub notices: Vec<String>,
 }
 
 /// The key of a request id (its JSON text).
@@ -34,8 +38,16 @@ fn id_key(v: &Value) -> String {
 /// removed from the file, so that request runs again.
 pub fn finished_ids(output: &Path) -> Result<HashSet<String>> {
     let mut ids = HashSet::new();
-    let Ok(text) = std::fs::read_to_string(output) else {
-        return Ok(ids);
+    let text = match std::fs::read(output) {
+        Ok(b) => String::from_utf8(b).map_err(|e| {
+            Error::Input(format!(
+                "{}: not a result file (not UTF-8 at byte {})",
+                output.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(Error::io(output, e)),
     };
     let complete = match text.rfind('\n') {
         Some(i) => i + 1,
@@ -89,6 +101,7 @@ fn parse_jobs(
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     let mut seen = HashSet::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -102,33 +115,34 @@ fn parse_jobs(
                 let spec = spec.with_defaults(defaults);
                 let (prompt, notice) = spec.prompt(rear)?;
                 let params = spec.params(rear)?;
-                if let Some(n) = notice {
-                    eprintln!("{}:{lineno}: notice: {n}", input.display());
-                }
-                Ok(Job { id, prompt, params })
+                Ok((Job { id, prompt, params }, notice))
             });
         match parsed {
-            Ok(job) => {
+            Ok((job, notice)) => {
                 let key = id_key(&job.id);
                 if done.contains(&key) {
                     s.skipped += 1;
                 } else if !seen.insert(key) {
-                    eprintln!(
+                    s.errors.push(format!(
                         "{}:{lineno}: duplicate request id {}",
                         input.display(),
                         job.id
-                    );
+                    ));
                     s.failed += 1;
                 } else {
+                    if let Some(n) = notice {
+                        s.notices
+                            .push(format!("{}:{lineno}: notice: {n}", input.display()));
+                    }
                     jobs.push(job);
                 }
             }
             Err(e) => {
-                eprintln!(
+                s.errors.push(format!(
                     "{}:{lineno}: {}",
                     input.display(),
                     e.to_string().replace('\n', " ")
-                );
+                ));
                 s.failed += 1;
             }
         }
@@ -167,12 +181,12 @@ pub fn run_batch(
             match search::start(rear.engine(), &j.prompt, &j.params) {
                 Ok(s) => active.push((next_job, s)),
                 Err(e) => {
-                    eprintln!(
+                    summary.errors.push(format!(
                         "{}: request {}: {}",
                         input.display(),
                         j.id,
                         e.to_string().replace('\n', " ")
-                    );
+                    ));
                     summary.failed += 1;
                     finished.insert(next_job, String::new());
                 }

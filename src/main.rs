@@ -166,9 +166,11 @@ fn parse_ids(s: &str) -> Result<Ids, String> {
     }
     s.split(',')
         .map(|t| {
-            t.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{t}` is not a token id"))
+            let t = t.trim();
+            t.parse::<u32>()
+                .ok()
+                .filter(|_| t.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("`{t}` is not a token id"))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Ids)
@@ -179,27 +181,35 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 let _ = e.print();
-                std::process::exit(
-                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        2
-                    } else {
-                        0
-                    },
-                );
+                std::process::exit(0);
             }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                eprintln!(
+                    "error: no command given (generate, score, tokenize or bench; see rear --help)"
+                );
+                std::process::exit(2);
+            }
+            // clap's message is a paragraph (e.g. "required arguments were not provided:" then
+            // the arguments), a tip and the usage: the first paragraph, on one line.
             let msg = e.to_string();
             let line = msg
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            eprintln!("{}", line.trim());
+                .trim_start()
+                .split("\n\n")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!(
+                "{}",
+                if line.is_empty() {
+                    "error: invalid arguments"
+                } else {
+                    &line
+                }
+            );
             std::process::exit(2);
         }
     };
@@ -216,11 +226,27 @@ fn main() {
             }
         }
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             std::process::exit(2);
         }
     }
+}
+
+/// The error and its causes on one line, each cause only when the text before it does not
+/// already end with it (a library error's message includes its I/O cause).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if msg.ends_with(&c) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&c);
+    }
+    msg.replace(['\n', '\r'], " ")
 }
 
 /// Notices for stderr (device fallback, template fallback), printed once the command has
@@ -467,6 +493,9 @@ fn batch(a: GenerateArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let text = std::fs::read_to_string(&input).with_context(|| format!("{}", input.display()))?;
+    if output.is_dir() {
+        bail!("{}: is a directory, not an output file", output.display());
+    }
     let mut rear = load(&a.model)?;
     let defaults = a.spec();
     let done = if a.resume {
@@ -491,12 +520,16 @@ fn batch(a: GenerateArgs) -> Result<()> {
     )?;
     if summary.failed > 0 {
         bail!(
-            "{} of {} requests failed (see the lines above); {} written to {}",
+            "{} of {} requests failed ({} written to {}): {}",
             summary.failed,
             summary.total,
             summary.written,
-            output.display()
+            output.display(),
+            summary.errors.join("; ")
         );
+    }
+    for n in summary.notices {
+        defer_notice(n);
     }
     Ok(())
 }

