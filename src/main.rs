@@ -177,6 +177,19 @@ fn parse_ids(s: &str) -> Result<Ids, String> {
 }
 
 fn main() {
+    // clap would only say "invalid UTF-8 was detected in one or more arguments": name it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(i) = (1..args.len()).find(|&i| args[i].to_str().is_none()) {
+        let after = match args[i - 1].to_str() {
+            Some(f) if i > 1 && f.starts_with("--") => format!(" (the value of {f})"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "error: argument {i}{after} is not valid UTF-8: {:?}",
+            args[i].to_string_lossy()
+        );
+        std::process::exit(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

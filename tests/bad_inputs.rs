@@ -164,6 +164,20 @@ fn bad_flag_values_are_named() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         fails_with(&a, needle);
     }
+    // A prompt that is not UTF-8 is named by its flag.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let o = Command::new(env!("CARGO_BIN_EXE_rear"))
+            .args(["generate", "--model", &m, "--prompt"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfehi"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(o.stdout.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("--prompt") && err.contains("UTF-8"), "{err}");
+    }
     // clap errors: one line that still names the argument.
     fails_with(&["tokenize", "--model", &m], "--prompt");
     fails_with(&[], "no command");
