@@ -268,8 +268,10 @@ fn real_templates_render_like_transformers() {
         failures.len(),
         failures.join("\n")
     );
-    assert!(
-        per_template.len() >= 15 && total >= 15 * 10,
-        "too few goldens"
-    );
+    if std::env::var_os("CHAT_TEMPLATE_FIXTURES").is_none() {
+        assert!(
+            per_template.len() >= 15 && total >= 15 * 10,
+            "too few goldens"
+        );
+    }
 }
