@@ -114,7 +114,7 @@ typedef struct RearRopeParams {
     unsigned int qkv_stride;
     unsigned int has_qk_norm;
     float eps;
-    unsigned int pad;
+    float attn_scale;       /* factor on cos and sin (YaRN attention factor; 1 otherwise) */
     RearKvLayout kv;
 } RearRopeParams;
 

@@ -142,7 +142,7 @@ pub struct RearRopeParams {
     pub qkv_stride: ::core::ffi::c_uint,
     pub has_qk_norm: ::core::ffi::c_uint,
     pub eps: f32,
-    pub pad: ::core::ffi::c_uint,
+    pub attn_scale: f32,
     pub kv: RearKvLayout,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -163,8 +163,8 @@ const _: () = {
         [::core::mem::offset_of!(RearRopeParams, has_qk_norm) - 20usize];
     ["Offset of field: RearRopeParams::eps"]
         [::core::mem::offset_of!(RearRopeParams, eps) - 24usize];
-    ["Offset of field: RearRopeParams::pad"]
-        [::core::mem::offset_of!(RearRopeParams, pad) - 28usize];
+    ["Offset of field: RearRopeParams::attn_scale"]
+        [::core::mem::offset_of!(RearRopeParams, attn_scale) - 28usize];
     ["Offset of field: RearRopeParams::kv"][::core::mem::offset_of!(RearRopeParams, kv) - 32usize];
 };
 #[repr(C)]

@@ -4,8 +4,9 @@
 // vector v < heads is a q head (normalised, rotated in place), then kv_heads k heads
 // (normalised, rotated, written to the K plane of the row's cache slot), then kv_heads v heads
 // (copied to the V plane). Frequencies come from the host (ModelConfig::rope_inv_freq: default,
-// linear and llama3 scaling); the angle is inv_freq[i] * position in f32 and its sine and cosine
-// are taken in f64, as the CPU reference does. grid = (rows, ceil(vectors / warps)).
+// linear, llama3, yarn and dynamic scaling); the angle is inv_freq[i] * position in f32 and its
+// sine and cosine are taken in f64, rounded to f32 and multiplied by p.attn_scale (YaRN), as the
+// CPU reference does. grid = (rows, ceil(vectors / warps)).
 #include "common.cuh"
 
 #define ROPE_MAX_PAIRS_PER_LANE (REAR_MAX_HEAD_DIM / 64)
@@ -69,7 +70,7 @@ extern "C" __global__ void rope_qk_cache_f32(RearRopeParams p, float* qkv, const
             const float ang = __fmul_rn(inv_freq[i], (float)pos);
             double s, c;
             sincos((double)ang, &s, &c);
-            const float sf = (float)s, cf = (float)c;
+            const float sf = __fmul_rn((float)s, p.attn_scale), cf = __fmul_rn((float)c, p.attn_scale);
             dst[i] = __fsub_rn(__fmul_rn(a[j], cf), __fmul_rn(b[j], sf));
             dst[i + half] = __fadd_rn(__fmul_rn(b[j], cf), __fmul_rn(a[j], sf));
         }

@@ -317,6 +317,8 @@ fn rope_and_cache_write_match_cpu() {
     ] {
         for &block_size in &[1, 4, 16] {
             for qk_norm in [false, true] {
+                // YaRN's attention factor on cos/sin in some cases.
+                let scale = if block_size == 4 { 1.1386 } else { 1.0 };
                 let (lay, blocks) = layout(&mut rng, block_size, &[(0, 5), (17, 1), (3, 2)]);
                 let rows = lay.rows();
                 let kvd = kv_heads * d;
@@ -337,6 +339,7 @@ fn rope_and_cache_write_match_cpu() {
                         kv_heads,
                         d,
                         &inv,
+                        scale,
                         qk_norm.then_some((&qn[..], &kn[..])),
                         eps,
                         &lay,
@@ -354,7 +357,7 @@ fn rope_and_cache_write_match_cpu() {
                         if qk_norm {
                             ops::rms_norm_inplace(&mut hv, &qn, eps);
                         }
-                        ops::rope(&mut hv, pos, &inv);
+                        ops::rope(&mut hv, pos, &inv, scale);
                         let got = &q[r * heads * d + h * d..][..d];
                         assert!(
                             max_abs_diff(got, &hv) <= 1e-6,
@@ -367,7 +370,7 @@ fn rope_and_cache_write_match_cpu() {
                         if qk_norm {
                             ops::rms_norm_inplace(&mut hv, &kn, eps);
                         }
-                        ops::rope(&mut hv, pos, &inv);
+                        ops::rope(&mut hv, pos, &inv, scale);
                         want_k[slot * kvd + h * d..][..d].copy_from_slice(&hv);
                         want_v[slot * kvd + h * d..][..d]
                             .copy_from_slice(&row[(heads + kv_heads) * d + h * d..][..d]);

@@ -28,6 +28,22 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// YaRN: frequencies blended between interpolation and extrapolation by a linear ramp over
+    /// the dimensions, and cos/sin scaled by `attention_factor`.
+    Yarn {
+        factor: f64,
+        attention_factor: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        original_max_position_embeddings: f64,
+        truncate: bool,
+    },
+    /// Dynamic NTK: transformers recomputes the frequencies only once a sequence grows past
+    /// `max_position_embeddings`, which rear never allows, so within its limits this is the
+    /// default RoPE.
+    Dynamic {
+        factor: f64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +219,8 @@ impl ModelConfig {
             )));
         }
         let num_layers = req_usize(v, "num_hidden_layers")?;
-        let (rope_theta, rope_scaling) = parse_rope(v)?;
+        let max_pos = opt_usize(v, "max_position_embeddings")?.unwrap_or(2048);
+        let (rope_theta, rope_scaling) = parse_rope(v, max_pos)?;
         let attention_bias = opt_bool(v, "attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
@@ -212,7 +229,6 @@ impl ModelConfig {
         };
         let mlp_bias = arch == Arch::Llama && opt_bool(v, "mlp_bias")?.unwrap_or(false);
         let sliding_window = parse_sliding(v, arch, num_layers)?;
-        let max_pos = opt_usize(v, "max_position_embeddings")?.unwrap_or(2048);
         let tie = opt_bool(v, "tie_word_embeddings")?.unwrap_or(false);
         let eps = opt_f64(v, "rms_norm_eps")?.unwrap_or(1e-6);
         if !(eps >= 0.0 && eps.is_finite()) {
@@ -253,6 +269,16 @@ impl ModelConfig {
     }
 
     /// RoPE inverse frequencies (`head_dim / 2` of them), as HF computes them, in f32.
+    /// Factor on RoPE's cos and sin (YaRN's attention factor; 1 otherwise).
+    pub fn rope_attention_scale(&self) -> f32 {
+        match self.rope_scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor as f32,
+            _ => 1.0,
+        }
+    }
+
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
         let base: Vec<f64> = (0..d / 2)
@@ -262,7 +288,41 @@ impl ModelConfig {
             })
             .collect();
         let scaled: Vec<f64> = match &self.rope_scaling {
-            RopeScaling::Default => base,
+            RopeScaling::Default | RopeScaling::Dynamic { .. } => base,
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                original_max_position_embeddings: old,
+                truncate,
+                ..
+            } => {
+                // transformers' `_compute_yarn_parameters`.
+                let dim = d as f64;
+                let theta = self.rope_theta;
+                let corr = |rot: f64| {
+                    dim * (old / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (corr(*beta_fast), corr(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                base.iter()
+                    .enumerate()
+                    .map(|(i, &f)| {
+                        let ramp =
+                            ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0) as f64;
+                        let extrapolation = 1.0 - ramp;
+                        let interpolation = f / factor;
+                        interpolation * (1.0 - extrapolation) + f * extrapolation
+                    })
+                    .collect()
+            }
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 {
                 factor,
@@ -301,7 +361,9 @@ fn strip(e: Error) -> String {
 
 /// RoPE base and scaling from either `rope_parameters` (transformers 5) or the older
 /// `rope_theta` + `rope_scaling` pair.
-fn parse_rope(v: &Value) -> Result<(f64, RopeScaling)> {
+/// `max_pos` is `max_position_embeddings`, the default of `original_max_position_embeddings`
+/// (after a top-level `original_max_position_embeddings`, as transformers' standardisation).
+fn parse_rope(v: &Value, max_pos: usize) -> Result<(f64, RopeScaling)> {
     let params = field(v, "rope_parameters").or_else(|| field(v, "rope_scaling"));
     let theta = match params
         .map(|p| opt_f64(p, "rope_theta"))
@@ -331,8 +393,57 @@ fn parse_rope(v: &Value) -> Result<(f64, RopeScaling)> {
     let need = |key: &str| -> Result<f64> {
         opt_f64(p, key)?.ok_or_else(|| Error::Config(format!("rope type `{kind}` needs `{key}`")))
     };
+    let original_max = || -> Result<f64> {
+        match opt_f64(v, "original_max_position_embeddings")? {
+            Some(o) => Ok(o),
+            None => Ok(opt_f64(p, "original_max_position_embeddings")?.unwrap_or(max_pos as f64)),
+        }
+    };
     let scaling = match kind {
         "default" => RopeScaling::Default,
+        "dynamic" => RopeScaling::Dynamic {
+            factor: need("factor")?,
+        },
+        "yarn" => {
+            let old = original_max()?;
+            if !(old > 0.0) {
+                return Err(Error::Config(format!(
+                    "rope `original_max_position_embeddings` must be positive, got {old}"
+                )));
+            }
+            // transformers: a missing factor is max_position_embeddings / original.
+            let factor = opt_f64(p, "factor")?.unwrap_or(max_pos as f64 / old);
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match opt_f64(p, "attention_factor")? {
+                Some(a) => a,
+                None => match (opt_f64(p, "mscale")?, opt_f64(p, "mscale_all_dim")?) {
+                    (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+                        mscale(factor, m) / mscale(factor, ma)
+                    }
+                    _ => mscale(factor, 1.0),
+                },
+            };
+            // `x or default` in transformers: 0 and null both take the default.
+            let or = |key: &str, d: f64| -> Result<f64> {
+                Ok(opt_f64(p, key)?.filter(|&x| x != 0.0).unwrap_or(d))
+            };
+            RopeScaling::Yarn {
+                factor,
+                attention_factor,
+                beta_fast: or("beta_fast", 32.0)?,
+                beta_slow: or("beta_slow", 1.0)?,
+                original_max_position_embeddings: old,
+                truncate: field(p, "truncate")
+                    .and_then(|t| t.as_bool())
+                    .unwrap_or(true),
+            }
+        }
         "linear" => RopeScaling::Linear {
             factor: need("factor")?,
         },
@@ -340,15 +451,17 @@ fn parse_rope(v: &Value) -> Result<(f64, RopeScaling)> {
             factor: need("factor")?,
             low_freq_factor: need("low_freq_factor")?,
             high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: need("original_max_position_embeddings")?,
+            original_max_position_embeddings: original_max()?,
         },
-        other => {
-            return Err(Error::Config(format!(
-                "unsupported rope type `{other}` (supported: default, linear, llama3)"
-            )))
-        }
+        other => return Err(Error::Config(format!(
+            "unsupported rope type `{other}` (supported: default, linear, llama3, yarn, dynamic)"
+        ))),
     };
-    if let RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } = &scaling {
+    if let RopeScaling::Linear { factor }
+    | RopeScaling::Llama3 { factor, .. }
+    | RopeScaling::Yarn { factor, .. }
+    | RopeScaling::Dynamic { factor } = &scaling
+    {
         if !(*factor > 0.0) {
             return Err(Error::Config(format!(
                 "rope `factor` must be positive, got {factor}"
@@ -449,6 +562,37 @@ mod tests {
         assert_eq!(c.head_dim, 16);
     }
 
+    /// Inverse frequencies and cos/sin factor of transformers' rotary module
+    /// (tests/fixtures/rope_goldens.json, scripts/make_rope_goldens.py): default, linear, llama3
+    /// with and without `original_max_position_embeddings`, four yarn variants, dynamic.
+    #[test]
+    fn rope_matches_transformers_goldens() {
+        let g: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/rope_goldens.json")).unwrap();
+        let cases = g["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 9);
+        for case in cases {
+            let c = ModelConfig::from_json(&case["config"]).unwrap();
+            let want: Vec<f32> = case["inv_freq"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let got = c.rope_inv_freq();
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 4.0 * f32::EPSILON * b.abs(),
+                    "{:?} inv_freq[{i}]: {a} vs transformers {b}",
+                    c.rope_scaling
+                );
+            }
+            let af = case["attention_factor"].as_f64().unwrap() as f32;
+            assert_eq!(c.rope_attention_scale(), af, "{:?}", c.rope_scaling);
+        }
+    }
+
     #[test]
     fn rejects_unknown_things_by_name() {
         let mut a = base();
@@ -456,9 +600,9 @@ mod tests {
         let e = ModelConfig::from_json(&a).unwrap_err().to_string();
         assert!(e.contains("GPT2LMHeadModel"), "{e}");
         let mut b = base();
-        b["rope_scaling"] = json!({"rope_type":"yarn","factor":4.0});
+        b["rope_scaling"] = json!({"rope_type":"longrope","factor":4.0});
         let e = ModelConfig::from_json(&b).unwrap_err().to_string();
-        assert!(e.contains("yarn"), "{e}");
+        assert!(e.contains("longrope"), "{e}");
         let mut c = base();
         c["num_key_value_heads"] = json!(3);
         assert!(ModelConfig::from_json(&c).is_err());

@@ -41,6 +41,8 @@ pub struct CpuWeights {
     k_norms: Vec<Vec<f32>>,
     final_norm: Vec<f32>,
     inv_freq: Vec<f32>,
+    /// Factor on RoPE's cos/sin (`ModelConfig::rope_attention_scale`).
+    rope_scale: f32,
     lm_head: Linear,
     /// Scratch for the projections (q, k, v, gate, up, transposed matmul output).
     scratch: Mutex<CpuScratch>,
@@ -95,6 +97,7 @@ impl Backend for CpuBackend {
             k_norms: per(&|l| l.k_norm.as_ref().map(|t| t.to_f32())),
             final_norm: w.norm.to_f32(),
             inv_freq: cfg.rope_inv_freq(),
+            rope_scale: cfg.rope_attention_scale(),
             lm_head: Linear {
                 weight: w.lm_head.clone(),
                 bias: None,
@@ -218,7 +221,7 @@ impl Backend for CpuBackend {
             s.rope_pos.extend_from_slice(&layout.positions);
             s.rope_cs.resize(rows * half, (0.0, 0.0));
             for (cs, &p) in s.rope_cs.chunks_mut(half.max(1)).zip(&layout.positions) {
-                ops::rope_table(p, inv, cs);
+                ops::rope_table(p, inv, w.rope_scale, cs);
             }
         }
         let (hq, hk) = (cfg.num_heads, cfg.num_kv_heads);

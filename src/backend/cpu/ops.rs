@@ -81,14 +81,15 @@ pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 /// Rotates one head vector in place (HF's rotate-half convention: pairs `(i, i + d/2)`) for
-/// position `pos`, with `inv_freq` of length `d/2`.
+/// position `pos`, with `inv_freq` of length `d/2` and cos/sin multiplied by `scale` (YaRN's
+/// attention factor; 1 otherwise).
 #[inline]
-pub fn rope(v: &mut [f32], pos: u32, inv_freq: &[f32]) {
+pub fn rope(v: &mut [f32], pos: u32, inv_freq: &[f32], scale: f32) {
     let half = inv_freq.len();
     for (i, &f) in inv_freq.iter().enumerate() {
         let ang = f * pos as f32;
         let (s, c) = (ang as f64).sin_cos();
-        let (s, c) = (s as f32, c as f32);
+        let (s, c) = (s as f32 * scale, c as f32 * scale);
         let (a, b) = (v[i], v[i + half]);
         v[i] = a * c - b * s;
         v[i + half] = b * c + a * s;
@@ -98,11 +99,11 @@ pub fn rope(v: &mut [f32], pos: u32, inv_freq: &[f32]) {
 /// The `(cos, sin)` pairs `rope` uses at position `pos` (one per frequency), computed the same
 /// way, so that `rope_cs` with them equals `rope`.
 #[inline]
-pub fn rope_table(pos: u32, inv_freq: &[f32], cs: &mut [(f32, f32)]) {
+pub fn rope_table(pos: u32, inv_freq: &[f32], scale: f32, cs: &mut [(f32, f32)]) {
     for (o, &f) in cs.iter_mut().zip(inv_freq) {
         let ang = f * pos as f32;
         let (s, c) = (ang as f64).sin_cos();
-        *o = (c as f32, s as f32);
+        *o = (c as f32 * scale, s as f32 * scale);
     }
 }
 
@@ -394,9 +395,9 @@ mod tests {
     fn rope_is_a_rotation_and_identity_at_zero() {
         let inv = [1.0f32, 0.1];
         let mut v = [1.0f32, 2.0, 3.0, 4.0];
-        rope(&mut v, 0, &inv);
+        rope(&mut v, 0, &inv, 1.0);
         assert_eq!(v, [1.0, 2.0, 3.0, 4.0]);
-        rope(&mut v, 5, &inv);
+        rope(&mut v, 5, &inv, 1.0);
         let n0 = 1.0f32 + 9.0;
         assert!((v[0] * v[0] + v[2] * v[2] - n0).abs() < 1e-5);
     }

@@ -229,6 +229,7 @@ impl CudaBackend {
         kv_heads: usize,
         head_dim: usize,
         inv_freq: &[f32],
+        attn_scale: f32,
         qk_norm: Option<(&[f32], &[f32])>,
         eps: f32,
         layout: &StepLayout,
@@ -263,7 +264,7 @@ impl CudaBackend {
             qkv_stride: w as u32,
             has_qk_norm: qk_norm.is_some() as u32,
             eps,
-            pad: 0,
+            attn_scale,
             kv: RearKvLayout {
                 block_stride: (2 * bs * kvd) as u64,
                 layer_offset: 0,

@@ -320,7 +320,7 @@ impl CudaBackend {
                 qkv_stride: qkv_w as u32,
                 has_qk_norm: (lw.q_norm.is_some() && lw.k_norm.is_some()) as u32,
                 eps,
-                pad: 0,
+                attn_scale: cfg.rope_attention_scale(),
                 kv: kvl,
             };
             let qn = lw.q_norm.as_ref().map_or(0, |b| b.ptr());
