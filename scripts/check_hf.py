@@ -4,7 +4,7 @@
     python3 scripts/check_hf.py --seeds 0-20 --rear target/release/rear
 
 For every seed it writes a random small checkpoint with `save_pretrained` (Llama / Mistral / Qwen2 /
-Qwen3, random GQA/MQA, head dims 8..128, 1-4 layers, tied or not, rope default/linear/llama3,
+Qwen3, random GQA/MQA, head dims 8..128, 1-4 layers, tied or not, rope default/linear/llama3/yarn/dynamic,
 biases, sliding windows, bf16/f16/f32 storage, sometimes sharded, sometimes rewritten in the
 transformers-4.x config style), a trained tokenizer in one of several styles (byte-level BPE with
 a Llama-3 or Qwen pre-tokenizer, GPT-2 byte-level, SentencePiece-like BPE with byte fallback, in
@@ -661,10 +661,12 @@ def random_spec(rng, vocab, style=None):
         shard=rng.random() < 0.3, legacy_config=rng.random() < 0.35,
     )
     if arch == "llama":
-        spec["rope"] = rng.choice(["default", "linear", "llama3"])
+        spec["rope"] = rng.choice(["default", "linear", "llama3", "llama3_noorig", "yarn", "dynamic"])
         spec["attention_bias"] = rng.random() < 0.35
         spec["mlp_bias"] = rng.random() < 0.3
-    elif arch == "qwen3":
+    else:
+        spec["rope"] = rng.choice(["default", "default", "default", "yarn", "dynamic"])
+    if arch == "qwen3":
         spec["attention_bias"] = rng.random() < 0.2
     if arch == "mistral":
         spec["sliding_window"] = rng.choice([4, 8, 8, 16, 32, None])
@@ -690,6 +692,24 @@ def build_model(spec, bos_id, eos_id, pad_id):
     elif spec.get("rope") == "llama3":
         rope = {"rope_type": "llama3", "rope_theta": spec["rope_theta"], "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    elif spec.get("rope") == "llama3_noorig":
+        # transformers defaults original_max_position_embeddings to max_position_embeddings
+        rope = {"rope_type": "llama3", "rope_theta": spec["rope_theta"], "factor": 4.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0}
+    elif spec.get("rope") == "yarn":
+        # factor, attention factor (explicit, from mscale/mscale_all_dim, or from the factor), betas
+        # and truncate vary with the head dim and theta; max_pos // 8 as the pretraining length
+        rope = {"rope_type": "yarn", "rope_theta": spec["rope_theta"], "factor": 4.0,
+                "original_max_position_embeddings": spec["max_pos"] // 8}
+        v = spec["head_dim"] % 4
+        if v == 1:
+            rope.update(attention_factor=0.9, beta_fast=16, beta_slow=2, truncate=False)
+        elif v == 2:
+            rope.update(mscale=1.0, mscale_all_dim=0.5, factor=8.0)
+        elif v == 3:
+            rope.update(truncate=False, factor=2.5)
+    elif spec.get("rope") == "dynamic":
+        rope = {"rope_type": "dynamic", "rope_theta": spec["rope_theta"], "factor": 2.0}
     common["rope_parameters"] = rope
     a = spec["arch"]
     if a == "llama":
@@ -945,10 +965,12 @@ def ref_greedy(model, contexts, weights, n):
 def ref_beam_eos(model, contexts, weights, B, steps, eos, length_norm):
     """README beam rule with EOS: order by (score desc, token id, beam index); walking that order a
     non-EOS expansion joins the next beam until B are live, an EOS expansion ranked within the first
-    B finishes; stop once B have finished (best B of them), else at `steps` finished and live compete;
+    B finishes; stop once B have finished before the last step (best B of them), else at `steps`
+    finished and live compete;
     rank by S (or S / num_tokens with length_norm). Returns (hyps, smallest decision gap)."""
     live, finished, gaps = [([], 0.0)], [], []
-    for _ in range(steps):
+    stopped = False
+    for step in range(steps):
         cands = []
         for bi, (seq, sc) in enumerate(live):
             s = None
@@ -971,9 +993,12 @@ def ref_beam_eos(model, contexts, weights, B, steps, eos, length_norm):
         gaps.append(cands[stop - 1][0] - cands[stop][0])
         gaps.append(cands[B - 1][0] - cands[B][0])
         live = new_live
-        if len(finished) >= B:
+        # B finished before the last step ends the search; at the last step the beams that reach
+        # the length limit compete with the finished ones (as HF: every top candidate finishes then)
+        if len(finished) >= B and step < steps - 1:
+            stopped = True
             break
-    pool = finished if len(finished) >= B else finished + live
+    pool = finished if stopped else finished + live
     key = (lambda h: h[1] / len(h[0])) if length_norm else (lambda h: h[1])
     pool.sort(key=lambda h: -key(h))
     for i in range(min(B, len(pool) - 1)):
@@ -1858,7 +1883,8 @@ class Case:
         R, rng = self.R, self.rng
         sp = self.spec
         src = self.model
-        if sp["arch"] != "llama" or sp.get("attention_bias") or sp.get("mlp_bias") or sp.get("rope") == "llama3":
+        if (sp["arch"] != "llama" or sp.get("attention_bias") or sp.get("mlp_bias")
+                or sp.get("rope") not in ("default", "linear")):
             # a llama model of the same shape (GGUF here is the llama architecture without biases)
             sp = dict(sp, arch="llama", attention_bias=False, mlp_bias=False,
                       rope=rng.choice(["default", "default", "linear"]))
@@ -2038,8 +2064,9 @@ class Case:
         for tag, mut in [("malformed_config", lambda s: s[: len(s) // 2]),
                          ("unsupported_arch", lambda s: s.replace(self._arch_name(), "GPT2LMHeadModel")),
                          ("unsupported_rope", lambda s: json.dumps(dict(json.loads(s), rope_scaling={
-                             "rope_type": "yarn", "factor": 4.0}, rope_parameters={"rope_type": "yarn", "factor": 4.0,
-                                                                                  "rope_theta": 10000.0})))]:
+                             "rope_type": "longrope", "factor": 4.0}, rope_parameters={"rope_type": "longrope",
+                                                                                      "factor": 4.0,
+                                                                                      "rope_theta": 10000.0})))]:
             d = fresh(tag)
             p = os.path.join(d, "config.json")
             s = open(p).read()

@@ -4,7 +4,8 @@
 //! expansion joins the next beam until `B` are live; an EOS expansion ranked within the first `B`
 //! leaves the beam as a finished candidate (as HF's beam scorer). The search stops when `B`
 //! candidates have finished (their best `B` are returned) or at `--max-new-tokens` (finished and
-//! live beams compete; the best `B` are returned). Without EOS and with one context this is HF's
+//! live beams compete, also when the `B`-th finishes on that last step, as HF's `num_beams` with
+//! `early_stopping=True`; the best `B` are returned). Without EOS and with one context this is HF's
 //! `num_beams=B` search exactly.
 use super::{
     pending_wants, prefill_wants, row_states, sort_best_first, Candidate, Choice, Hyp, PickMode,
