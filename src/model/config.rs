@@ -453,9 +453,11 @@ fn parse_rope(v: &Value, max_pos: usize) -> Result<(f64, RopeScaling)> {
             high_freq_factor: need("high_freq_factor")?,
             original_max_position_embeddings: original_max()?,
         },
-        other => return Err(Error::Config(format!(
+        other => {
+            return Err(Error::Config(format!(
             "unsupported rope type `{other}` (supported: default, linear, llama3, yarn, dynamic)"
-        ))),
+        )))
+        }
     };
     if let RopeScaling::Linear { factor }
     | RopeScaling::Llama3 { factor, .. }
