@@ -2,61 +2,14 @@
 //! naming the problem, exit code 2, nothing on stdout, no panic or abort, and batch output files
 //! are left as they were. Inputs are small files written into a temp dir at test time.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn rear(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rear"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rear-bad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Asserts the bad-input contract and returns the one stderr line, which mentions `needle`.
-fn fails_with(args: &[&str], needle: &str) -> String {
-    let o = rear(args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?}: exit {:?}, stderr {err}",
-        o.status.code()
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "{args:?}: stdout not empty: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: stderr not one line: {err}"
-    );
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: stderr {err:?} does not mention {needle:?}"
-    );
-    err
-}
+mod common;
+use common::{fails_with, fixture, rear, tmp};
 
 /// A copy of `bad/valid` with `edit` applied to its directory.
 fn model_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let d = tmp(name);
+    let d = tmp("bad", name);
     for e in std::fs::read_dir(fixture("bad/valid")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
@@ -263,7 +216,7 @@ fn bad_config_values_and_directories_for_files_are_named() {
 
 #[test]
 fn batch_errors_are_one_line_and_leave_output_files_alone() {
-    let d = tmp("batch");
+    let d = tmp("bad", "batch");
     let m = fixture("bad/valid");
     let input = d.join("req.jsonl");
     let out = d.join("out.jsonl");

@@ -2,29 +2,9 @@
 //! interrupted run resumed writes the same file as an uninterrupted one, a malformed line is
 //! reported with its line number and the others still run.
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn rear(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rear"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rear-batch-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{fixture, rear, tmp};
 
 const REQUESTS: &str = r#"{"id":"a","prompt":"What is the capital of France?","preference":"Always answer like a pirate.","lambda":3,"algo":"greedy"}
 {"id":"b","prompt_ids":[1,2,3],"algo":"beam","beams":3}
@@ -35,7 +15,7 @@ const REQUESTS: &str = r#"{"id":"a","prompt":"What is the capital of France?","p
 
 #[test]
 fn batch_equals_one_by_one_and_resume_is_seamless() {
-    let d = tmp("resume");
+    let d = tmp("batch", "resume");
     let m = fixture("qwen2_bf16");
     let input = d.join("req.jsonl");
     std::fs::write(&input, REQUESTS).unwrap();
@@ -136,7 +116,7 @@ fn batch_equals_one_by_one_and_resume_is_seamless() {
 
 #[test]
 fn malformed_lines_are_reported_and_do_not_stop_the_others() {
-    let d = tmp("malformed");
+    let d = tmp("batch", "malformed");
     let m = fixture("llama_f32");
     let input = d.join("req.jsonl");
     std::fs::write(

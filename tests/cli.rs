@@ -1,50 +1,11 @@
 //! The `rear` binary from outside: the DESIGN §4 JSON contract, and every bad input answered
 //! with one line on stderr, exit code 2, nothing on stdout.
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn rear(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rear"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Asserts the bad-input contract and that the one stderr line mentions `needle`.
-fn fails_with(args: &[&str], needle: &str) {
-    let o = rear(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?}: exit {:?}, stderr {err}",
-        o.status.code()
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "{args:?}: stdout not empty: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: stderr not one line: {err}"
-    );
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: stderr {err:?} does not mention {needle:?}"
-    );
-}
+mod common;
+use common::{fails_with, fixture, rear};
 
 fn json_lines(o: &Output) -> Vec<Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
