@@ -36,4 +36,12 @@ impl Error {
             source,
         }
     }
+
+    /// A weights error prefixed with the file or directory it is about; other errors unchanged.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
+            other => other,
+        }
+    }
 }

@@ -41,10 +41,7 @@ impl Model {
         }
         let config = ModelConfig::from_model_dir(path)?;
         let tensors = weights::load_dir_tensors(path)?;
-        let weights = ModelWeights::from_tensors(&config, tensors).map_err(|e| match e {
-            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
-            other => other,
-        })?;
+        let weights = ModelWeights::from_tensors(&config, tensors).map_err(|e| e.in_file(path))?;
         let tokenizer = tokenizer::TextTokenizer::from_model_dir(path)?;
         let template = chat::ChatTemplate::from_model_dir(path)?;
         Ok(Model {

@@ -197,10 +197,7 @@ pub fn load_safetensors_file(path: &Path) -> Result<Vec<HostTensor>> {
     let backing = Backing::Mmap(Arc::new(mmap));
     let mut out = Vec::new();
     for (name, info) in meta.tensors() {
-        let in_file = |e: Error| match e {
-            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
-            other => other,
-        };
+        let in_file = |e: Error| e.in_file(path);
         let dtype = st_dtype(&name, info.dtype).map_err(in_file)?;
         let (s, e) = info.data_offsets;
         let t = HostTensor::new(
