@@ -205,9 +205,10 @@ fn bad_config_values_and_directories_for_files_are_named() {
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
+        "chat_template.jinja",
     ] {
         let d = model_copy(&format!("dir-{f}"), |d| {
-            std::fs::remove_file(d.join(f)).unwrap();
+            let _ = std::fs::remove_file(d.join(f));
             std::fs::create_dir(d.join(f)).unwrap();
         });
         run(&d, f);

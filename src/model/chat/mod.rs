@@ -100,7 +100,8 @@ impl ChatTemplate {
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let cfg = TokenizerConfig::from_model_dir(dir)?.unwrap_or_default();
         let jinja = dir.join("chat_template.jinja");
-        let source = if jinja.is_file() {
+        // Anything at that path but a file (a directory, a broken link) is an error naming it.
+        let source = if jinja.exists() || jinja.is_symlink() {
             Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
         } else {
             cfg.chat_template()?
