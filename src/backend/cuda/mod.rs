@@ -226,6 +226,38 @@ impl CudaKv {
     pub fn blocks(&self) -> usize {
         self.blocks
     }
+
+    /// Checks that `layout` addresses this cache: its block size, a block for every row's
+    /// position, every block within the reserved ones (the kernels index the pool unchecked).
+    fn check_layout(&self, layout: &StepLayout) -> Result<()> {
+        if layout.block_size != self.block_size {
+            return Err(Error::KvCache(format!(
+                "layout block size {} != cache block size {}",
+                layout.block_size, self.block_size
+            )));
+        }
+        for (i, (&s, &pos)) in layout.row_seq.iter().zip(&layout.positions).enumerate() {
+            let (s, pos) = (s as usize, pos as usize);
+            let ok = s < layout.seqs.len() && pos / layout.block_size < layout.seqs[s].blocks.len();
+            if !ok {
+                return Err(Error::KvCache(format!(
+                    "row {i}: position {pos} of sequence {s} has no block"
+                )));
+            }
+        }
+        if let Some(b) = layout
+            .seqs
+            .iter()
+            .flat_map(|s| s.blocks.iter())
+            .find(|&&b| b as usize >= self.blocks)
+        {
+            return Err(Error::KvCache(format!(
+                "block {b} is outside the {} reserved blocks",
+                self.blocks
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The CUDA backend on one device. Cloning shares the device, its kernels and scratch.
@@ -392,6 +424,38 @@ impl CudaBackend {
             self.path(),
         )
     }
+}
+
+/// Layer `layer`'s q/k RMSNorm (Qwen3), RoPE and K/V cache write over its q/k/v rows `qkv`
+/// (`[rows, q_dim + 2·kv_dim]`) in one launch; the per-layer `attention` and the fused step both
+/// call it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_qk_cache(
+    g: &Gpu,
+    w: &CudaWeights,
+    layer: usize,
+    rows: usize,
+    qkv: u64,
+    kvl: types::RearKvLayout,
+    lay: ops::LayoutPtrs,
+    kv: &CudaKv,
+) -> Result<()> {
+    let cfg = &w.cfg;
+    let lw = &w.layers[layer];
+    let p = types::RearRopeParams {
+        rows: rows as u32,
+        heads: cfg.num_heads as u32,
+        kv_heads: cfg.num_kv_heads as u32,
+        head_dim: cfg.head_dim as u32,
+        qkv_stride: (cfg.q_dim() + 2 * cfg.kv_dim()) as u32,
+        has_qk_norm: (lw.q_norm.is_some() && lw.k_norm.is_some()) as u32,
+        eps: cfg.rms_norm_eps,
+        attn_scale: cfg.rope_attention_scale(),
+        kv: kvl,
+    };
+    let qn = lw.q_norm.as_ref().map_or(0, |b| b.ptr());
+    let kn = lw.k_norm.as_ref().map_or(0, |b| b.ptr());
+    ops::rope_qk_cache(g, p, qkv, w.inv_freq.ptr(), qn, kn, lay, kv.pool.ptr())
 }
 
 impl Backend for CudaBackend {
@@ -568,23 +632,7 @@ impl Backend for CudaBackend {
                 layout.rows()
             )));
         }
-        if layout.block_size != kv.block_size {
-            return Err(Error::KvCache(format!(
-                "layout block size {} != cache block size {}",
-                layout.block_size, kv.block_size
-            )));
-        }
-        if let Some(b) = layout
-            .seqs
-            .iter()
-            .flat_map(|s| s.blocks.iter())
-            .find(|&&b| b as usize >= kv.blocks)
-        {
-            return Err(Error::KvCache(format!(
-                "block {b} is outside the {} reserved blocks",
-                kv.blocks
-            )));
-        }
+        kv.check_layout(layout)?;
         let mut s = self.scratch();
         let (lay, stride) = s.upload_layout(g, layout)?;
         let lw = &w.layers[layer];
@@ -607,20 +655,7 @@ impl Backend for CudaBackend {
             path,
         )?;
         let kvl = kv.layout(layer, stride);
-        let rp = types::RearRopeParams {
-            rows: rows as u32,
-            heads: cfg.num_heads as u32,
-            kv_heads: cfg.num_kv_heads as u32,
-            head_dim: d as u32,
-            qkv_stride: qkv_w as u32,
-            has_qk_norm: (lw.q_norm.is_some() && lw.k_norm.is_some()) as u32,
-            eps: cfg.rms_norm_eps,
-            attn_scale: cfg.rope_attention_scale(),
-            kv: kvl,
-        };
-        let qn = lw.q_norm.as_ref().map_or(0, |b| b.ptr());
-        let kn = lw.k_norm.as_ref().map_or(0, |b| b.ptr());
-        ops::rope_qk_cache(g, rp, qkv, w.inv_freq.ptr(), qn, kn, lay, kv.pool.ptr())?;
+        rope_qk_cache(g, w, layer, rows, qkv, kvl, lay, kv)?;
         s.attn.ensure(rows * qd * 4)?;
         let ap = types::RearAttnParams {
             rows: rows as u32,

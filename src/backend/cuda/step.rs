@@ -15,7 +15,7 @@
 //! `REAR_CUDA_GRAPHS=0` runs every step eagerly.
 use super::device::{cuda_err, DevBuf, Gpu};
 use super::ops::{self, LayoutPtrs};
-use super::types::{RearAttnParams, RearKvLayout, RearRopeParams};
+use super::types::{RearAttnParams, RearKvLayout};
 use super::{CudaBackend, CudaKv, CudaWeights};
 use crate::backend::StepLayout;
 use crate::error::{Error, Result};
@@ -133,12 +133,7 @@ impl CudaBackend {
                 "step layout: positions / row_seq do not match the tokens".into(),
             ));
         }
-        if layout.block_size != kv.block_size {
-            return Err(Error::KvCache(format!(
-                "layout block size {} != cache block size {}",
-                layout.block_size, kv.block_size
-            )));
-        }
+        kv.check_layout(layout)?;
         let vocab = cfg.vocab_size as u32;
         if let Some(&t) = layout.tokens.iter().find(|&&t| t >= vocab) {
             return Err(Error::Input(format!(
@@ -147,27 +142,6 @@ impl CudaBackend {
         }
         if let Some(&r) = layout.logit_rows.iter().find(|&&r| r as usize >= rows) {
             return Err(Error::Input(format!("logit row {r} of a {rows}-row step")));
-        }
-        for (i, &s) in layout.row_seq.iter().enumerate() {
-            let s = s as usize;
-            let pos = layout.positions[i] as usize;
-            let ok = s < layout.seqs.len() && pos / layout.block_size < layout.seqs[s].blocks.len();
-            if !ok {
-                return Err(Error::KvCache(format!(
-                    "row {i}: position {pos} of sequence {s} has no block"
-                )));
-            }
-        }
-        if let Some(b) = layout
-            .seqs
-            .iter()
-            .flat_map(|s| s.blocks.iter())
-            .find(|&&b| b as usize >= kv.blocks)
-        {
-            return Err(Error::KvCache(format!(
-                "block {b} is outside the {} reserved blocks",
-                kv.blocks
-            )));
         }
 
         let mut sc = self.scratch();
@@ -312,20 +286,7 @@ impl CudaBackend {
                 path,
             )?;
             let kvl: RearKvLayout = kv.layout(l, stride);
-            let rp = RearRopeParams {
-                rows: rows as u32,
-                heads: cfg.num_heads as u32,
-                kv_heads: cfg.num_kv_heads as u32,
-                head_dim: d as u32,
-                qkv_stride: qkv_w as u32,
-                has_qk_norm: (lw.q_norm.is_some() && lw.k_norm.is_some()) as u32,
-                eps,
-                attn_scale: cfg.rope_attention_scale(),
-                kv: kvl,
-            };
-            let qn = lw.q_norm.as_ref().map_or(0, |b| b.ptr());
-            let kn = lw.k_norm.as_ref().map_or(0, |b| b.ptr());
-            ops::rope_qk_cache(g, rp, qkv, w.inv_freq.ptr(), qn, kn, inp.lay, kv.pool.ptr())?;
+            super::rope_qk_cache(g, w, l, rows, qkv, kvl, inp.lay, kv)?;
             let ap = RearAttnParams {
                 rows: rows as u32,
                 heads: cfg.num_heads as u32,
