@@ -111,11 +111,12 @@ pub fn rear_sample(rows: &[&[f32]], req: &PickRequest, s: &mut PickScratch) -> R
             logprobs,
         }
     };
-    // Requests list the rows of one group together; the combination is computed once per group.
+    // Requests list the rows of one group together; the combination is computed once per group
+    // (draws from the first context alone need none).
+    let needs_combined = !(matches!(spec.mode, PickMode::Sample(_)) && spec.from_context0);
     let mut combined_group = usize::MAX;
     for (i, st) in req.rows.iter().enumerate() {
         let g = &rows[st.group * k..(st.group + 1) * k];
-        let needs_combined = !(matches!(spec.mode, PickMode::Sample(_)) && spec.from_context0);
         if needs_combined && combined_group != st.group {
             mix.combine(g, &mut s.combined);
             combined_group = st.group;
@@ -155,10 +156,9 @@ pub fn rear_sample(rows: &[&[f32]], req: &PickRequest, s: &mut PickScratch) -> R
                     s.top.truncate(n);
                 }
                 s.top.sort_unstable_by(order);
-                for &(total, v) in &s.top {
-                    let mut c = choice(i, v, st.cum_score, g);
-                    c.total = total;
-                    out.push(c);
+                // `choice` recomputes the same total: `combine` is `token_score` per token.
+                for &(_, v) in &s.top {
+                    out.push(choice(i, v, st.cum_score, g));
                 }
             }
         }

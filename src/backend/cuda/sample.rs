@@ -28,18 +28,15 @@ fn kernel_supports(spec: &PickSpec) -> bool {
         }
 }
 
+/// The kernel's parameters and its choices per row, for a spec `kernel_supports`.
 fn kernel_params(spec: &PickSpec, rows: usize, vocab: usize) -> Result<(RearSampleParams, usize)> {
+    debug_assert!(kernel_supports(spec));
     let (mixture, w): (u32, &[f32]) = match &spec.mixture {
         Mixture::Single => (REAR_MIX_SINGLE, &[]),
         Mixture::Guided { lambdas } => (REAR_MIX_GUIDED, lambdas),
         Mixture::Weighted { weights } => (REAR_MIX_WEIGHTED, weights),
     };
     let contexts = spec.mixture.contexts();
-    if contexts == 0 || contexts > REAR_MAX_CONTEXTS as usize {
-        return Err(Error::Input(format!(
-            "the CUDA sampler combines 1 to {REAR_MAX_CONTEXTS} contexts, not {contexts}"
-        )));
-    }
     let mut weights = [0f32; REAR_MAX_CONTEXTS as usize];
     weights[..w.len()].copy_from_slice(w);
     let mut p = RearSampleParams {
@@ -59,11 +56,6 @@ fn kernel_params(spec: &PickSpec, rows: usize, vocab: usize) -> Result<(RearSamp
     let per_row = match spec.mode {
         PickMode::Argmax => 1,
         PickMode::TopK(k) => {
-            if k == 0 || k > REAR_MAX_TOPK as usize {
-                return Err(Error::Input(format!(
-                    "the CUDA sampler keeps 1 to {REAR_MAX_TOPK} candidates per row, not {k}"
-                )));
-            }
             p.mode = REAR_MODE_TOPK;
             p.top_k = k as u32;
             k
